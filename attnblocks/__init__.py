@@ -1,0 +1,9 @@
+"""attnblocks: pluggable attention blocks for CNNs, starting with DANet's PAM and CAM.
+
+Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
+https://arxiv.org/abs/1809.02983
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
