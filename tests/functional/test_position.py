@@ -1,0 +1,119 @@
+"""position_attention and position_attention_weights against float64 math written out here."""
+
+import pytest
+import torch
+
+from attnblocks.functional import (
+    POSITION_BACKENDS,
+    position_attention,
+    position_attention_weights,
+)
+from tests.reference import relative_error
+
+CONCRETE_BACKENDS = [name for name in POSITION_BACKENDS if name != "auto"]
+
+
+def float64_attention(query, key, value):
+    """softmax(q k^T) v in float64 with an explicit, max-shifted exp/sum softmax."""
+    energy = torch.einsum("bid,bjd->bij", query.double(), key.double())
+    energy = energy - energy.amax(dim=-1, keepdim=True)
+    weights = energy.exp() / energy.exp().sum(dim=-1, keepdim=True)
+    return weights @ value.double()
+
+
+def random_qkv(batch=2, positions=37, key_dim=8, value_dim=16, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, positions)
+    query = torch.randn(*shape, key_dim, generator=gen, dtype=dtype)
+    key = torch.randn(*shape, key_dim, generator=gen, dtype=dtype)
+    value = torch.randn(*shape, value_dim, generator=gen, dtype=dtype)
+    return query, key, value
+
+
+def test_weights_rows_sum_to_one_over_key_positions():
+    query, key, _ = random_qkv(positions=29)
+    weights = position_attention_weights(query, key)
+    assert weights.shape == (2, 29, 29)
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 29))
+    assert (weights >= 0).all()
+
+
+@pytest.mark.parametrize("backend", POSITION_BACKENDS)
+@pytest.mark.parametrize("positions", [1, 2, 37, 130])
+def test_matches_float64(backend, positions):
+    query, key, value = random_qkv(positions=positions)
+    out = position_attention(query, key, value, backend=backend)
+    assert out.shape == value.shape and out.dtype == torch.float32
+    assert relative_error(out, float64_attention(query, key, value)) < 1e-5
+
+
+def test_no_scaling_of_energies():
+    # A 1/sqrt(d) scaling would flatten these sharp weights; unscaled, row 0 picks key 0.
+    query = torch.tensor([[[4.0, 0.0], [0.0, 0.0]]])
+    key = torch.tensor([[[4.0, 0.0], [0.0, 4.0]]])
+    weights = position_attention_weights(query, key)
+    expected = torch.softmax(torch.tensor([16.0, 0.0]), dim=0)
+    torch.testing.assert_close(weights[0, 0], expected)
+
+
+def test_queries_and_keys_may_differ_in_count():
+    query, _, _ = random_qkv(positions=5)
+    _, key, value = random_qkv(positions=11, seed=1)
+    out = position_attention(query, key, value)
+    assert out.shape == (2, 5, 16)
+    assert relative_error(out, float64_attention(query, key, value)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_with_energies_beyond_float16_range(dtype):
+    query, key, value = random_qkv(key_dim=64, dtype=dtype)
+    query, key = query * 60, key * 60  # |q.k| reaches ~1e5 > 65504
+    out = position_attention(query, key, value)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert relative_error(out, float64_attention(query, key, value)) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_autocast_keeps_energies_finite(dtype):
+    query, key, value = random_qkv(key_dim=64)
+    query, key = query * 60, key * 60
+    with torch.autocast("cpu", dtype=dtype):
+        out = position_attention(query, key, value)
+    assert torch.isfinite(out).all()
+    assert relative_error(out, float64_attention(query, key, value)) < 1e-2
+
+
+@pytest.mark.parametrize("backend", CONCRETE_BACKENDS)
+def test_gradcheck(backend):
+    query, key, value = random_qkv(
+        batch=2, positions=6, key_dim=3, value_dim=4, dtype=torch.float64
+    )
+    inputs = [t.requires_grad_() for t in (query, key, value)]
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: position_attention(q, k, v, backend=backend), inputs
+    )
+
+
+def test_unknown_backend_lists_valid_names():
+    query, key, value = random_qkv()
+    with pytest.raises(ValueError, match=r"unknown attention backend 'flash'.*'auto', 'bmm'"):
+        position_attention(query, key, value, backend="flash")
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True])
+def test_bad_chunk_size(chunk_size):
+    query, key, value = random_qkv()
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        position_attention(query, key, value, chunk_size=chunk_size)
+
+
+def test_bad_shapes_raise_value_errors():
+    query, key, value = random_qkv()
+    with pytest.raises(ValueError, match=r"query must have shape \(batch, positions, features\)"):
+        position_attention(query[0], key, value)
+    with pytest.raises(ValueError, match="query and key must share"):
+        position_attention(query[..., :4], key, value)
+    with pytest.raises(ValueError, match="value must have the batch size and number of positions"):
+        position_attention(query, key, value[:, :5])
+    with pytest.raises(ValueError, match="floating-point"):
+        position_attention(query.long(), key, value)
