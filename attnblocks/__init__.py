@@ -4,6 +4,8 @@ Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
 https://arxiv.org/abs/1809.02983
 """
 
+from .layers import CAM, PAM, DualAttention, DualAttentionOutput
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["CAM", "PAM", "DualAttention", "DualAttentionOutput", "__version__"]

@@ -7,7 +7,7 @@ import attnblocks
 
 
 def test_public_api():
-    for name in ("__version__",):
+    for name in ("PAM", "CAM", "DualAttention", "__version__"):
         assert name in attnblocks.__all__ and hasattr(attnblocks, name)
     assert re.fullmatch(r"\d+\.\d+\.\d+", attnblocks.__version__)
 

@@ -1,0 +1,120 @@
+"""PAM: DANet's position attention module.
+
+Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
+https://arxiv.org/abs/1809.02983
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..functional._backends import (
+    POSITION_BACKENDS,
+    PositionBackend,
+    check_backend,
+    check_chunk_size,
+)
+from ..functional._precision import attention_dtype, autocast_disabled
+from ..functional.position import position_attention, position_attention_weights
+from ._checks import check_feature_map, check_positive_int
+
+
+def _project(conv: nn.Conv2d, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Apply a 1x1 ``conv`` in ``dtype``, whatever autocast and the conv's own dtype say."""
+    bias = None if conv.bias is None else conv.bias.to(dtype)
+    with autocast_disabled(x.device):
+        return F.conv2d(x.to(dtype), conv.weight.to(dtype), bias)
+
+
+class PAM(nn.Module):
+    """Position attention: each position becomes a weighted sum of all positions.
+
+    ``out = gamma * attended + x`` where ``attended[:, :, i] = sum_j softmax_j(q_i . k_j) v_j``
+    over all ``N = H * W`` positions, ``q``, ``k`` and ``v`` are 1x1 convolutions of
+    ``x``, and there is no ``1/sqrt(d)`` scaling (as in the authors' ``PAM_Module``,
+    whose state dict loads into this module unchanged). ``gamma`` starts at
+    ``gamma_init`` (0: the block starts as the identity).
+
+    Query and key projections, energies and softmax run in at least float32, also
+    for half inputs and under ``torch.autocast`` (unscaled energies overflow float16);
+    the value path and the output keep the input's dtype.
+
+    Shapes: ``(B, C, H, W) -> (B, C, H, W)`` for any ``B, H, W``.
+
+    Args:
+        channels: input and output channels ``C``.
+        reduction: query/key channels are ``channels // reduction`` (8 in DANet).
+        backend: attention backend, one of :data:`attnblocks.functional.POSITION_BACKENDS`.
+        chunk_size: query positions per chunk for memory-efficient backends
+            (None: chosen by the backend).
+        gamma_init: initial value of the learnable residual scale ``gamma``.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 8,
+        backend: PositionBackend = "auto",
+        chunk_size: int | None = None,
+        gamma_init: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        check_positive_int("channels", channels)
+        check_positive_int("reduction", reduction)
+        if channels // reduction < 1:
+            raise ValueError(
+                f"channels // reduction must be at least 1, got {channels} // {reduction} = 0"
+            )
+        self.channels = channels
+        self.key_channels = channels // reduction
+        self.backend = check_backend(backend, POSITION_BACKENDS)
+        self.chunk_size = check_chunk_size(chunk_size)
+        self.query_conv = nn.Conv2d(channels, self.key_channels, kernel_size=1, **dd)
+        self.key_conv = nn.Conv2d(channels, self.key_channels, kernel_size=1, **dd)
+        self.value_conv = nn.Conv2d(channels, channels, kernel_size=1, **dd)
+        self.gamma = nn.Parameter(torch.full((1,), float(gamma_init), **dd))
+
+    def _query_key(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Query and key tokens ``(B, H*W, C // reduction)`` in at least float32."""
+        dtype = attention_dtype(x.dtype)
+        query = _project(self.query_conv, x, dtype)
+        key = _project(self.key_conv, x, dtype)
+        return rearrange(query, "b d h w -> b (h w) d"), rearrange(key, "b d h w -> b (h w) d")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply position attention to ``x`` of shape ``(B, C, H, W)``."""
+        check_feature_map(x, self.channels, type(self).__name__)
+        height, width = x.shape[-2:]
+        query, key = self._query_key(x)
+        value = rearrange(self.value_conv(x), "b c h w -> b (h w) c")
+        attended = position_attention(
+            query, key, value, backend=self.backend, chunk_size=self.chunk_size
+        )
+        attended = rearrange(attended, "b (h w) c -> b c h w", h=height, w=width)
+        return self.gamma.to(x.dtype) * attended.to(x.dtype) + x
+
+    @torch.no_grad()
+    def attention_weights(self, x: Tensor) -> Tensor:
+        """The full ``(B, H*W, H*W)`` attention matrix for ``x`` (row = query position).
+
+        Builds the ``N x N`` matrix: for small maps and inspection only.
+
+        Args:
+            x: ``(B, C, H, W)`` input feature map.
+        """
+        check_feature_map(x, self.channels, type(self).__name__)
+        return position_attention_weights(*self._query_key(x))
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, key_channels={self.key_channels}, "
+            f"backend={self.backend!r}, chunk_size={self.chunk_size}"
+        )

@@ -1,0 +1,31 @@
+"""PAM and CAM as timm's `attn_layer`, built per residual block as attn_layer(channels, **dd)."""
+
+from functools import partial
+
+import pytest
+import timm
+import torch
+
+from attnblocks import CAM, PAM
+
+
+@pytest.mark.parametrize(
+    "attn_layer, block_type",
+    [(CAM, CAM), (partial(PAM, gamma_init=0.1), PAM)],
+    ids=["CAM", "PAM"],
+)
+def test_resnet18_with_attention_in_every_block(attn_layer, block_type):
+    # zero_init_last=False: timm zeroes each block's last norm, which would feed the blocks zeros.
+    model = timm.create_model(
+        "resnet18", num_classes=5, block_args=dict(attn_layer=attn_layer), zero_init_last=False
+    )
+    blocks = [m for m in model.modules() if isinstance(m, block_type)]
+    assert len(blocks) == 8  # resnet18 has 2 + 2 + 2 + 2 basic blocks
+    assert sorted({b.channels for b in blocks}) == [64, 128, 256, 512]
+
+    logits = model(torch.randn(2, 3, 64, 48))
+    assert logits.shape == (2, 5)
+    logits.square().sum().backward()
+    for index, block in enumerate(blocks):
+        for name, param in block.named_parameters():
+            assert param.grad is not None and param.grad.abs().sum() > 0, (index, name)
