@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from .._validation import check_choice, check_positive_int
+
 PositionBackend = Literal["auto", "bmm"]
 ChannelBackend = Literal["auto", "bmm"]
 
@@ -15,20 +17,6 @@ ChannelBackend = Literal["auto", "bmm"]
 POSITION_BACKENDS: tuple[str, ...] = ("auto", "bmm")
 #: Backends of :func:`attnblocks.functional.channel_attention` (CAM).
 CHANNEL_BACKENDS: tuple[str, ...] = ("auto", "bmm")
-
-
-def check_choice(what: str, value: str, valid: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``valid``, else raise a ValueError naming the choices.
-
-    Args:
-        what: what the value names, for the message (``"attention backend"``).
-        value: the name a caller asked for.
-        valid: the names that are accepted.
-    """
-    if value not in valid:
-        choices = ", ".join(repr(name) for name in valid)
-        raise ValueError(f"unknown {what} {value!r}; expected one of {choices}")
-    return value
 
 
 def check_backend(backend: str, valid: tuple[str, ...]) -> str:
@@ -47,8 +35,4 @@ def check_chunk_size(chunk_size: int | None) -> int | None:
     Args:
         chunk_size: number of query positions a memory-efficient backend handles at once.
     """
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    return chunk_size
+    return None if chunk_size is None else check_positive_int("chunk_size", chunk_size)

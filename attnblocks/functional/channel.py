@@ -19,7 +19,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ._backends import CHANNEL_BACKENDS, ChannelBackend, check_backend, check_choice
+from .._validation import check_choice, check_float_tensor
+from ._backends import CHANNEL_BACKENDS, ChannelBackend, check_backend
 from ._precision import attention_dtype, autocast_disabled
 
 ChannelMode = Literal["original", "paper"]
@@ -28,15 +29,7 @@ CHANNEL_MODES: tuple[str, ...] = ("original", "paper")
 
 
 def _check_channel_input(x: Tensor, mode: str) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 3:
-        raise ValueError(
-            f"x must have shape (batch, channels, positions), got a {x.ndim}D tensor "
-            f"of shape {tuple(x.shape)}"
-        )
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    check_float_tensor("x", x, ("batch", "channels", "positions"))
     check_choice("channel attention mode", mode, CHANNEL_MODES)
 
 

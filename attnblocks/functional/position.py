@@ -16,25 +16,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._validation import check_float_tensor
 from ._backends import POSITION_BACKENDS, PositionBackend, check_backend, check_chunk_size
 from ._precision import attention_dtype, autocast_disabled
 
-
-def _check_tokens(name: str, tensor: Tensor) -> None:
-    if not isinstance(tensor, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.ndim != 3:
-        raise ValueError(
-            f"{name} must have shape (batch, positions, features), "
-            f"got a {tensor.ndim}D tensor of shape {tuple(tensor.shape)}"
-        )
-    if not tensor.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+_TOKEN_AXES = ("batch", "positions", "features")
 
 
 def _check_query_key(query: Tensor, key: Tensor) -> None:
-    _check_tokens("query", query)
-    _check_tokens("key", key)
+    check_float_tensor("query", query, _TOKEN_AXES)
+    check_float_tensor("key", key, _TOKEN_AXES)
     if query.shape[0] != key.shape[0] or query.shape[2] != key.shape[2]:
         raise ValueError(
             "query and key must share batch size and feature size, got query "
@@ -96,7 +87,7 @@ def position_attention(
     check_backend(backend, POSITION_BACKENDS)
     check_chunk_size(chunk_size)
     _check_query_key(query, key)
-    _check_tokens("value", value)
+    check_float_tensor("value", value, _TOKEN_AXES)
     if value.shape[:2] != key.shape[:2]:
         raise ValueError(
             "value must have the batch size and number of positions of key, got key "

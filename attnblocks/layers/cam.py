@@ -10,14 +10,14 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..functional._backends import CHANNEL_BACKENDS, ChannelBackend, check_backend, check_choice
+from .._validation import check_choice, check_feature_map, check_positive_int
+from ..functional._backends import CHANNEL_BACKENDS, ChannelBackend, check_backend
 from ..functional.channel import (
     CHANNEL_MODES,
     ChannelMode,
     channel_attention,
     channel_attention_weights,
 )
-from ._checks import check_feature_map, check_positive_int
 
 
 class CAM(nn.Module):

@@ -11,9 +11,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_feature_map, check_positive_int
 from ..functional._backends import PositionBackend
 from ..functional.channel import ChannelMode
-from ._checks import check_feature_map, check_positive_int
 from .cam import CAM
 from .conv_norm_act import ConvNormAct, LayerFactory
 from .pam import PAM

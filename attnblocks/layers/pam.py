@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .._validation import check_feature_map, check_positive_int
 from ..functional._backends import (
     POSITION_BACKENDS,
     PositionBackend,
@@ -19,7 +20,6 @@ from ..functional._backends import (
 )
 from ..functional._precision import attention_dtype, autocast_disabled
 from ..functional.position import position_attention, position_attention_weights
-from ._checks import check_feature_map, check_positive_int
 
 
 def _project(conv: nn.Conv2d, x: Tensor, dtype: torch.dtype) -> Tensor:

@@ -26,7 +26,13 @@ class DANetOutput(NamedTuple):
     cam: Tensor  #: from the channel-attention branch (auxiliary)
 
 
-def _classifier(in_channels: int, num_classes: int, dropout: float, device, dtype) -> nn.Sequential:
+def _classifier(
+    in_channels: int,
+    num_classes: int,
+    dropout: float,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> nn.Sequential:
     """Channel dropout then a 1x1 convolution to class logits."""
     conv = nn.Conv2d(in_channels, num_classes, kernel_size=1, device=device, dtype=dtype)
     return nn.Sequential(OrderedDict(drop=nn.Dropout2d(dropout), conv=conv))

@@ -81,7 +81,9 @@ def test_bad_arguments():
         channel_attention(x, mode="reverse")
     with pytest.raises(ValueError, match=r"unknown attention backend 'chunky'.*'auto', 'bmm'"):
         channel_attention(x, backend="chunky")
-    with pytest.raises(ValueError, match=r"\(batch, channels, positions\).*4D"):
+    with pytest.raises(
+        ValueError, match=r"x must be a 3D tensor \(batch, channels, positions\), got a 4D"
+    ):
         channel_attention(x[..., None])
     with pytest.raises(ValueError, match="floating-point"):
         channel_attention(x.int())

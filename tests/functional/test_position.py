@@ -109,7 +109,9 @@ def test_bad_chunk_size(chunk_size):
 
 def test_bad_shapes_raise_value_errors():
     query, key, value = random_qkv()
-    with pytest.raises(ValueError, match=r"query must have shape \(batch, positions, features\)"):
+    with pytest.raises(
+        ValueError, match=r"query must be a 3D tensor \(batch, positions, features\), got a 2D"
+    ):
         position_attention(query[0], key, value)
     with pytest.raises(ValueError, match="query and key must share"):
         position_attention(query[..., :4], key, value)

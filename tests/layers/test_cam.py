@@ -75,13 +75,15 @@ def test_half_input_energies_stay_finite(dtype):
 
 def test_bad_inputs_and_arguments():
     cam = CAM(16)
-    with pytest.raises(ValueError, match=r"CAM expects a 4D feature map \(B, C, H, W\), got a 2D"):
+    with pytest.raises(ValueError, match=r"CAM input must be a 4D tensor \(B, C, H, W\), got a 2D"):
         cam(torch.randn(16, 4))
     with pytest.raises(ValueError, match="CAM was built for 16 channels, got an input with 3"):
         cam(torch.randn(1, 3, 4, 4))
     with pytest.raises(ValueError, match="non-empty spatial map, got H x W = 4 x 0"):
         cam(torch.randn(1, 16, 4, 0))
-    with pytest.raises(ValueError, match=r"floating-point input, got dtype torch\.bool"):
+    with pytest.raises(
+        ValueError, match=r"CAM input must be floating-point, got dtype torch\.bool"
+    ):
         cam(torch.ones(1, 16, 4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="unknown channel attention mode 'softmax'"):
         CAM(16, mode="softmax")

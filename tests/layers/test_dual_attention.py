@@ -20,8 +20,7 @@ def test_outputs_are_the_two_branches_and_their_sum():
     with torch.no_grad():
         x64 = x.double()
         block64 = block.double()
-        pam_state = {k: v for k, v in block64.pam.state_dict().items()}
-        pam = block64.pam_out(reference_pam(block64.pam_in(x64), pam_state))
+        pam = block64.pam_out(reference_pam(block64.pam_in(x64), block64.pam.state_dict()))
         cam = block64.cam_out(reference_cam(block64.cam_in(x64), 0.5))
     assert relative_error(out.pam, pam) < 1e-5
     assert relative_error(out.cam, cam) < 1e-5

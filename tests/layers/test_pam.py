@@ -103,13 +103,15 @@ def test_cpu_autocast_is_finite_and_accurate(dtype):
 
 def test_bad_inputs_raise_value_errors():
     pam = PAM(16)
-    with pytest.raises(ValueError, match=r"PAM expects a 4D feature map \(B, C, H, W\), got a 3D"):
+    with pytest.raises(ValueError, match=r"PAM input must be a 4D tensor \(B, C, H, W\), got a 3D"):
         pam(torch.randn(16, 4, 4))
     with pytest.raises(ValueError, match="PAM was built for 16 channels, got an input with 8"):
         pam(torch.randn(1, 8, 4, 4))
     with pytest.raises(ValueError, match="non-empty spatial map, got H x W = 0 x 4"):
         pam(torch.randn(1, 16, 0, 4))
-    with pytest.raises(ValueError, match=r"floating-point input, got dtype torch\.int64"):
+    with pytest.raises(
+        ValueError, match=r"PAM input must be floating-point, got dtype torch\.int64"
+    ):
         pam(torch.ones(1, 16, 4, 4, dtype=torch.long))
 
 
