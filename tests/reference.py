@@ -52,9 +52,10 @@ def fill_rule_state_dict(name: str) -> dict[str, Tensor]:
 
 
 def relative_error(ours: Tensor, reference: Tensor) -> float:
-    """``||ours - reference|| / ||reference||`` computed in float64."""
+    """``||ours - reference|| / ||reference||`` in float64; ``||ours||`` when the reference is 0."""
     ours, reference = ours.double(), reference.double()
-    return ((ours - reference).norm() / reference.norm()).item()
+    scale = reference.norm()
+    return ((ours - reference).norm() / (scale if scale > 0 else 1.0)).item()
 
 
 def reference_pam(x: Tensor, state: dict[str, Tensor]) -> Tensor:

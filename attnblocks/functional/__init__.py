@@ -1,15 +1,38 @@
 """DANet's attention math as plain functions, with selectable backends."""
 
-from ._backends import CHANNEL_BACKENDS, POSITION_BACKENDS
+from ._backends import (
+    BACKEND_ENV_VAR,
+    CHANNEL_BACKENDS,
+    POSITION_BACKENDS,
+    attention_backend,
+    get_attention_backend,
+    last_attention_backend,
+    set_attention_backend,
+)
+from ._chunked import DEFAULT_CHUNK_MEMORY, chunk_size_for_memory
 from .channel import CHANNEL_MODES, channel_attention, channel_attention_weights
-from .position import position_attention, position_attention_weights
+from .position import (
+    BMM_MAX_MATRIX_BYTES,
+    position_attention,
+    position_attention_weights,
+    select_position_backend,
+)
 
 __all__ = [
+    "BACKEND_ENV_VAR",
+    "BMM_MAX_MATRIX_BYTES",
     "CHANNEL_BACKENDS",
     "CHANNEL_MODES",
+    "DEFAULT_CHUNK_MEMORY",
     "POSITION_BACKENDS",
+    "attention_backend",
     "channel_attention",
     "channel_attention_weights",
+    "chunk_size_for_memory",
+    "get_attention_backend",
+    "last_attention_backend",
     "position_attention",
     "position_attention_weights",
+    "select_position_backend",
+    "set_attention_backend",
 ]

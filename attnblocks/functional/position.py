@@ -13,14 +13,28 @@ Tensors are token-major: ``(batch, positions, features)``; PAM flattens its
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 from torch import Tensor
 
 from .._validation import check_float_tensor
-from ._backends import POSITION_BACKENDS, PositionBackend, check_backend, check_chunk_size
+from ._backends import (
+    POSITION_BACKENDS,
+    PositionBackend,
+    check_backend,
+    check_chunk_size,
+    get_attention_backend,
+    record_backend,
+)
+from ._chunked import chunked_position_attention
 from ._precision import attention_dtype, autocast_disabled
+from ._sdpa import sdpa_position_attention
 
 _TOKEN_AXES = ("batch", "positions", "features")
+#: ``"auto"`` uses bmm while one ``N_q x N_k`` attention matrix takes at most this many bytes.
+BMM_MAX_MATRIX_BYTES = 64 * 2**20
 
 
 def _check_query_key(query: Tensor, key: Tensor) -> None:
@@ -60,6 +74,54 @@ def _position_attention_bmm(query: Tensor, key: Tensor, value: Tensor) -> Tensor
     return torch.bmm(weights.to(value.dtype), value)  # (B, N_q, D_v)
 
 
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` now, or None where that is unknown."""
+    if torch.compiler.is_compiling():
+        return None
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):  # not a POSIX system that reports it
+            return None
+    return None
+
+
+def _automatic_backend(query: Tensor, key: Tensor) -> str:
+    """bmm while its N_q x N_k matrices are small and fit, else a memory-efficient backend."""
+    itemsize = torch.empty((), dtype=attention_dtype(query.dtype)).element_size()
+    matrix_bytes = query.shape[0] * query.shape[1] * key.shape[1] * itemsize
+    free = _free_memory(query.device)
+    # Forward and backward of bmm hold about three such matrices (weights, their grad, a temporary).
+    if matrix_bytes <= BMM_MAX_MATRIX_BYTES and (free is None or 4 * matrix_bytes <= free):
+        return "bmm"
+    # CUDA's fused memory-efficient kernel beats a Python loop of matmuls; on CPU the chunked
+    # loop beats torch's flash kernel (benchmarks/ has the figures).
+    return "sdpa" if query.device.type == "cuda" else "chunked"
+
+
+def select_position_backend(query: Tensor, key: Tensor, backend: PositionBackend = "auto") -> str:
+    """The backend :func:`position_attention` uses for these inputs.
+
+    An explicit backend is used as named; ``"auto"`` becomes the global override
+    (:func:`set_attention_backend`, ``$ATTNBLOCKS_BACKEND``) when one is set, else
+    ``"bmm"`` while the ``N_q x N_k`` matrix takes at most
+    :data:`BMM_MAX_MATRIX_BYTES` and fits in free memory, else ``"sdpa"`` on CUDA and
+    ``"chunked"`` elsewhere. A ``"sdpa"`` call that no fused kernel accepts still
+    falls back to ``"chunked"`` (see :func:`last_attention_backend`).
+
+    Args:
+        query: ``(B, N_q, D)`` query features.
+        key: ``(B, N_k, D)`` key features.
+        backend: one of :data:`POSITION_BACKENDS`.
+    """
+    check_backend(backend, POSITION_BACKENDS)
+    if backend != "auto":
+        return backend
+    return get_attention_backend() or _automatic_backend(query, key)
+
+
 def position_attention(
     query: Tensor,
     key: Tensor,
@@ -70,21 +132,26 @@ def position_attention(
 ) -> Tensor:
     """``softmax(query @ key^T) @ value``, without scaling, by the chosen backend.
 
+    All backends compute the same function (to float rounding), with gradients:
+
+    - ``"bmm"``: the full ``N_q x N_k`` matrix, exactly the authors' computation.
+    - ``"chunked"``: query chunks, ``O(N * chunk)`` memory in forward and backward.
+    - ``"sdpa"``: torch's fused ``scaled_dot_product_attention`` (never its MATH
+      kernel); falls back to ``"chunked"`` with a warning when no fused kernel fits.
+    - ``"auto"``: see :func:`select_position_backend`.
+
     Args:
         query: ``(B, N_q, D)`` query features.
         key: ``(B, N_k, D)`` key features.
         value: ``(B, N_k, D_v)`` value features; ``D_v`` may differ from ``D``.
-        backend: one of :data:`POSITION_BACKENDS`. ``"bmm"`` builds the full
-            ``N_q x N_k`` matrix exactly as the authors' code does; ``"auto"`` picks
-            a backend for the inputs (currently always ``"bmm"``).
-        chunk_size: query positions processed at once by memory-efficient backends;
-            None lets the backend choose. Ignored by ``"bmm"``.
+        backend: one of :data:`POSITION_BACKENDS`.
+        chunk_size: query positions per chunk of ``"chunked"``; None derives it from
+            a memory budget (:func:`chunk_size_for_memory`). Ignored by the others.
 
     Returns:
         ``(B, N_q, D_v)`` attended values in the value's dtype. Energies and softmax
         run in at least float32, also under ``torch.autocast``.
     """
-    check_backend(backend, POSITION_BACKENDS)
     check_chunk_size(chunk_size)
     _check_query_key(query, key)
     check_float_tensor("value", value, _TOKEN_AXES)
@@ -93,4 +160,21 @@ def position_attention(
             "value must have the batch size and number of positions of key, got key "
             f"{tuple(key.shape)} and value {tuple(value.shape)}"
         )
-    return _position_attention_bmm(query, key, value)
+    name = select_position_backend(query, key, backend)
+    if name == "bmm":
+        out = _position_attention_bmm(query, key, value)
+    else:
+        dtype = attention_dtype(torch.promote_types(query.dtype, key.dtype))
+        query, key = query.to(dtype), key.to(dtype)
+        out = sdpa_position_attention(query, key, value) if name == "sdpa" else None
+        if out is None:
+            if name == "sdpa":
+                warnings.warn(
+                    f"no fused scaled_dot_product_attention kernel accepts {dtype} inputs on "
+                    f"{query.device.type}; using the 'chunked' backend instead",
+                    stacklevel=2,
+                )
+                name = "chunked"
+            out = chunked_position_attention(query, key, value, chunk_size)
+    record_backend(name)
+    return out.to(value.dtype)

@@ -1,0 +1,119 @@
+"""Exact position attention in query chunks, O(N * chunk) memory in forward AND backward.
+
+Rabe & Staats, "Self-attention Does Not Need O(n^2) Memory", 2021,
+https://arxiv.org/abs/2112.05682; the backward recomputes each chunk's
+probabilities from saved log-sum-exp row statistics, as FlashAttention does
+(Dao et al., 2022, https://arxiv.org/abs/2205.14135).
+
+Each query chunk sees every key, so its softmax rows are complete: no online
+rescaling is needed, and only ``(B, chunk, N_k)`` score blocks ever exist.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from ._precision import autocast_disabled
+
+#: Bytes the score blocks of one chunk may take when ``chunk_size`` is None.
+DEFAULT_CHUNK_MEMORY = 64 * 2**20
+_MIN_CHUNK = 16
+
+
+def chunk_size_for_memory(
+    batch: int, key_positions: int, dtype: torch.dtype, memory_bytes: int = DEFAULT_CHUNK_MEMORY
+) -> int:
+    """The largest query chunk whose two live score blocks fit in ``memory_bytes``.
+
+    Backward holds two ``(batch, chunk, key_positions)`` blocks at once (the
+    probabilities and their gradient); forward holds one.
+
+    Args:
+        batch: batch size ``B``.
+        key_positions: number of key positions ``N_k``.
+        dtype: dtype the scores are computed in.
+        memory_bytes: memory the score blocks may take.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_query = 2 * max(batch, 1) * max(key_positions, 1) * itemsize
+    return max(_MIN_CHUNK, memory_bytes // per_query)
+
+
+def _chunks(length: int, chunk_size: int):
+    for start in range(0, length, chunk_size):
+        yield slice(start, min(start + chunk_size, length))
+
+
+class _ChunkedPositionAttention(torch.autograd.Function):
+    """softmax(q k^T) v over query chunks; all inputs share one dtype (the compute dtype)."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, query: Tensor, key: Tensor, value: Tensor, chunk_size: int
+    ) -> Tensor:
+        batch, query_positions, _ = query.shape
+        out = value.new_empty(batch, query_positions, value.shape[-1])
+        log_sum_exp = query.new_empty(batch, query_positions)
+        key_t = key.transpose(1, 2)  # (B, D, N_k)
+        with autocast_disabled(query.device):
+            for rows in _chunks(query_positions, chunk_size):
+                scores = torch.bmm(query[:, rows], key_t)  # (B, chunk, N_k)
+                row_max = scores.amax(dim=-1, keepdim=True)
+                probs = scores.sub_(row_max).exp_()  # in place: one block alive
+                row_sum = probs.sum(dim=-1, keepdim=True)
+                out[:, rows] = torch.bmm(probs, value).div_(row_sum)
+                log_sum_exp[:, rows] = (row_max + row_sum.log()).squeeze(-1)
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(query, key, value, out, log_sum_exp)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        query, key, value, out, log_sum_exp = ctx.saved_tensors
+        need_query, need_key, need_value = ctx.needs_input_grad[:3]
+        grad_out = grad_out.to(out.dtype)
+        grad_query = torch.empty_like(query) if need_query else None
+        grad_key = torch.zeros_like(key) if need_key else None
+        grad_value = torch.zeros_like(value) if need_value else None
+        # Row-wise dot(dO, O) = sum_j P_ij dP_ij: the softmax backward's correction term.
+        delta = (grad_out * out).sum(dim=-1)  # (B, N_q)
+        key_t, value_t = key.transpose(1, 2), value.transpose(1, 2)
+        with autocast_disabled(query.device):
+            for rows in _chunks(query.shape[1], ctx.chunk_size):
+                probs = torch.bmm(query[:, rows], key_t)  # scores (B, chunk, N_k) ...
+                probs.sub_(log_sum_exp[:, rows, None]).exp_()  # ... recomputed into P in place
+                grad_out_rows = grad_out[:, rows]
+                if need_value:
+                    grad_value.baddbmm_(probs.transpose(1, 2), grad_out_rows)  # dV += P^T dO
+                if not (need_query or need_key):
+                    continue
+                grad_scores = torch.bmm(grad_out_rows, value_t)  # dP = dO V^T
+                grad_scores.sub_(delta[:, rows, None]).mul_(probs)  # dS = P * (dP - delta)
+                if need_query:
+                    grad_query[:, rows] = torch.bmm(grad_scores, key)  # dQ = dS K
+                if need_key:
+                    grad_key.baddbmm_(grad_scores.transpose(1, 2), query[:, rows])  # dK += dS^T Q
+        return grad_query, grad_key, grad_value, None
+
+
+def chunked_position_attention(
+    query: Tensor, key: Tensor, value: Tensor, chunk_size: int | None
+) -> Tensor:
+    """softmax(q k^T) v computed chunk by chunk, in the compute dtype of ``query``.
+
+    Args:
+        query: ``(B, N_q, D)``; its dtype is the compute dtype.
+        key: ``(B, N_k, D)``, same dtype as ``query``.
+        value: ``(B, N_k, D_v)``, cast to the compute dtype here.
+        chunk_size: query positions per chunk; None derives it from
+            :data:`DEFAULT_CHUNK_MEMORY`.
+
+    Returns:
+        ``(B, N_q, D_v)`` in the compute dtype.
+    """
+    if chunk_size is None:
+        chunk_size = chunk_size_for_memory(query.shape[0], key.shape[1], query.dtype)
+    return _ChunkedPositionAttention.apply(query, key, value.to(query.dtype), chunk_size)
