@@ -11,6 +11,8 @@ rescaling is needed, and only ``(B, chunk, N_k)`` score blocks ever exist.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
@@ -41,9 +43,28 @@ def chunk_size_for_memory(
     return max(_MIN_CHUNK, memory_bytes // per_query)
 
 
-def _chunks(length: int, chunk_size: int):
+def _chunks(length: int, chunk_size: int) -> Iterator[slice]:
     for start in range(0, length, chunk_size):
         yield slice(start, min(start + chunk_size, length))
+
+
+class _BlockBuffer:
+    """One reusable ``(B, chunk, N_k)`` block of scores, so the loop allocates it once.
+
+    A fresh block per chunk would also leave the previous one alive until its name is
+    rebound, doubling the peak.
+    """
+
+    def __init__(self, like: Tensor, key_positions: int, chunk_size: int) -> None:
+        self.batch, self.key_positions = like.shape[0], key_positions
+        rows = min(chunk_size, like.shape[1])
+        self.storage = like.new_empty(self.batch * rows * key_positions)
+
+    def block(self, rows: slice) -> Tensor:
+        """A contiguous ``(B, rows, N_k)`` view of the buffer (the last chunk may be shorter)."""
+        count = rows.stop - rows.start
+        size = self.batch * count * self.key_positions
+        return self.storage[:size].view(self.batch, count, self.key_positions)
 
 
 class _ChunkedPositionAttention(torch.autograd.Function):
@@ -57,11 +78,12 @@ class _ChunkedPositionAttention(torch.autograd.Function):
         out = value.new_empty(batch, query_positions, value.shape[-1])
         log_sum_exp = query.new_empty(batch, query_positions)
         key_t = key.transpose(1, 2)  # (B, D, N_k)
+        scores = _BlockBuffer(query, key.shape[1], chunk_size)
         with autocast_disabled(query.device):
             for rows in _chunks(query_positions, chunk_size):
-                scores = torch.bmm(query[:, rows], key_t)  # (B, chunk, N_k)
-                row_max = scores.amax(dim=-1, keepdim=True)
-                probs = scores.sub_(row_max).exp_()  # in place: one block alive
+                probs = torch.bmm(query[:, rows], key_t, out=scores.block(rows))  # (B, chunk, N_k)
+                row_max = probs.amax(dim=-1, keepdim=True)
+                probs.sub_(row_max).exp_()  # unnormalised probabilities, in place
                 row_sum = probs.sum(dim=-1, keepdim=True)
                 out[:, rows] = torch.bmm(probs, value).div_(row_sum)
                 log_sum_exp[:, rows] = (row_max + row_sum.log()).squeeze(-1)
@@ -78,20 +100,22 @@ class _ChunkedPositionAttention(torch.autograd.Function):
         grad_query = torch.empty_like(query) if need_query else None
         grad_key = torch.zeros_like(key) if need_key else None
         grad_value = torch.zeros_like(value) if need_value else None
-        # Row-wise dot(dO, O) = sum_j P_ij dP_ij: the softmax backward's correction term.
-        delta = (grad_out * out).sum(dim=-1)  # (B, N_q)
         key_t, value_t = key.transpose(1, 2), value.transpose(1, 2)
+        probs_buffer = _BlockBuffer(query, key.shape[1], ctx.chunk_size)
+        grad_scores_buffer = _BlockBuffer(query, key.shape[1], ctx.chunk_size)
         with autocast_disabled(query.device):
             for rows in _chunks(query.shape[1], ctx.chunk_size):
-                probs = torch.bmm(query[:, rows], key_t)  # scores (B, chunk, N_k) ...
+                probs = torch.bmm(query[:, rows], key_t, out=probs_buffer.block(rows))  # scores...
                 probs.sub_(log_sum_exp[:, rows, None]).exp_()  # ... recomputed into P in place
                 grad_out_rows = grad_out[:, rows]
                 if need_value:
                     grad_value.baddbmm_(probs.transpose(1, 2), grad_out_rows)  # dV += P^T dO
                 if not (need_query or need_key):
                     continue
-                grad_scores = torch.bmm(grad_out_rows, value_t)  # dP = dO V^T
-                grad_scores.sub_(delta[:, rows, None]).mul_(probs)  # dS = P * (dP - delta)
+                # Row-wise dO . O = sum_j P_ij dP_ij: the softmax backward's correction term.
+                delta = (grad_out_rows * out[:, rows]).sum(dim=-1, keepdim=True)  # (B, chunk, 1)
+                grad_scores = torch.bmm(grad_out_rows, value_t, out=grad_scores_buffer.block(rows))
+                grad_scores.sub_(delta).mul_(probs)  # dS = P * (dP - delta), from dP = dO V^T
                 if need_query:
                     grad_query[:, rows] = torch.bmm(grad_scores, key)  # dQ = dS K
                 if need_key:
