@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 DATA_DIR = Path(__file__).parent / "data" / "danet_reference"
 
@@ -82,3 +83,22 @@ def reference_cam(x: Tensor, gamma: float, mode: str = "original") -> Tensor:
         energy = torch.max(energy, -1, keepdim=True)[0].expand_as(energy) - energy
     attention = torch.softmax(energy, dim=-1)
     return gamma * torch.bmm(attention, maps).reshape(b, c, h, w) + x
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the most elements of any tensor an operator returns while the mode is active.
+
+    Every aten operator of forward and backward passes through ``__torch_dispatch__``,
+    so ``largest`` bounds the memory any single intermediate took.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in torch.utils._pytree.tree_leaves(out):
+            if isinstance(leaf, Tensor):
+                self.largest = max(self.largest, leaf.numel())
+        return out

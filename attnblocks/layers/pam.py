@@ -6,6 +6,8 @@ https://arxiv.org/abs/1809.02983
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -99,7 +101,9 @@ class PAM(nn.Module):
             query, key, value, backend=self.backend, chunk_size=self.chunk_size
         )
         attended = rearrange(attended, "b (h w) c -> b c h w", h=height, w=width)
-        return self.gamma.to(x.dtype) * attended.to(x.dtype) + x
+        return torch.addcmul(
+            x, self.gamma.to(x.dtype), attended.to(x.dtype)
+        )  # x + gamma * attended
 
     @torch.no_grad()
     def attention_weights(self, x: Tensor) -> Tensor:
@@ -112,6 +116,38 @@ class PAM(nn.Module):
         """
         check_feature_map(x, self.channels, type(self).__name__)
         return position_attention_weights(*self._query_key(x))
+
+    @torch.no_grad()
+    def attention_map(self, x: Tensor, points: Sequence[tuple[int, int]] | Tensor) -> Tensor:
+        """The attention of selected query pixels over the whole map, for visualisation.
+
+        Only the rows of the chosen queries are computed, ``(B, P, N)`` scores, never
+        the ``N x N`` matrix, so this works at any resolution.
+
+        Args:
+            x: ``(B, C, H, W)`` input feature map.
+            points: ``P`` query pixels as ``(row, col)`` pairs, a sequence or a
+                ``(P, 2)`` integer tensor.
+
+        Returns:
+            ``(B, P, H, W)`` maps, ``out[b, p]`` the softmax weights query pixel
+            ``points[p]`` gives every position (each map sums to 1), in at least float32.
+        """
+        check_feature_map(x, self.channels, type(self).__name__)
+        height, width = x.shape[-2:]
+        rows_cols = torch.as_tensor(points, device=x.device)
+        if rows_cols.ndim != 2 or rows_cols.shape[-1] != 2 or rows_cols.is_floating_point():
+            raise ValueError(
+                f"points must be (row, col) integer pairs of shape (P, 2), got {points!r}"
+            )
+        rows, cols = rows_cols.unbind(-1)
+        outside = (rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)
+        if outside.any():
+            bad = rows_cols[outside].tolist()
+            raise ValueError(f"points {bad} lie outside the {height} x {width} feature map")
+        query, key = self._query_key(x)
+        weights = position_attention_weights(query[:, rows * width + cols], key)  # (B, P, N)
+        return rearrange(weights, "b p (h w) -> b p h w", h=height, w=width)
 
     def extra_repr(self) -> str:
         return (

@@ -4,7 +4,6 @@ import warnings
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnblocks import PAM
 from attnblocks.functional import (
@@ -20,7 +19,7 @@ from attnblocks.functional import (
     set_attention_backend,
 )
 from tests.functional.test_position import float64_attention
-from tests.reference import relative_error
+from tests.reference import LargestTensor, relative_error
 
 MEMORY_EFFICIENT = ["chunked", "sdpa"]
 
@@ -86,21 +85,6 @@ def test_chunked_computes_only_the_gradients_asked_for(needs_grad):
         grads[backend] = torch.autograd.grad((out * weight).sum(), wanted)
     for grad, expected in zip(grads["chunked"], grads["bmm"]):
         assert relative_error(grad, expected) < 1e-5
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an operator returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in torch.utils._pytree.tree_leaves(out):
-            if isinstance(tensor, torch.Tensor):
-                self.largest = max(self.largest, tensor.numel())
-        return out
 
 
 @pytest.mark.parametrize("backend, chunk_size", [("bmm", None), ("chunked", 32), ("sdpa", None)])

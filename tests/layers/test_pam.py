@@ -6,6 +6,7 @@ import torch
 from attnblocks import PAM
 from attnblocks.functional import POSITION_BACKENDS
 from tests.reference import (
+    LargestTensor,
     fill_rule_state_dict,
     load_arrays,
     manifest,
@@ -131,3 +132,35 @@ def test_bad_constructor_arguments():
         PAM(0)
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         PAM(16, chunk_size=0)
+
+
+def test_attention_map_is_the_rows_of_the_full_matrix():
+    pam = pam_with_weights(fill_rule_state_dict("pam"))
+    x = torch.randn(2, 64, 9, 11, generator=torch.Generator().manual_seed(6))
+    points = [(0, 0), (4, 7), (8, 10)]
+    maps = pam.attention_map(x, points)
+    assert maps.shape == (2, 3, 9, 11)
+    full = pam.attention_weights(x)  # (B, N, N), rows = queries
+    for index, (row, col) in enumerate(points):
+        torch.testing.assert_close(maps[:, index].flatten(1), full[:, row * 11 + col])
+    torch.testing.assert_close(maps.sum(dim=(-2, -1)), torch.ones(2, 3))
+    torch.testing.assert_close(pam.attention_map(x, torch.tensor(points)), maps)
+
+
+def test_attention_map_never_builds_the_full_matrix():
+    pam = PAM(16, reduction=2)
+    x = torch.randn(1, 16, 32, 32)  # N = 1024
+    with LargestTensor() as probe:
+        pam.attention_map(x, [(3, 4), (30, 1)])
+    assert probe.largest < 1024 * 1024 // 8
+
+
+def test_attention_map_rejects_bad_points():
+    pam = PAM(16)
+    x = torch.randn(1, 16, 5, 6)
+    with pytest.raises(ValueError, match=r"points \[\[5, 0\], \[0, -1\]\] lie outside the 5 x 6"):
+        pam.attention_map(x, [(1, 1), (5, 0), (0, -1)])
+    with pytest.raises(ValueError, match=r"points must be \(row, col\) integer pairs"):
+        pam.attention_map(x, [1, 2, 3])
+    with pytest.raises(ValueError, match=r"points must be \(row, col\) integer pairs"):
+        pam.attention_map(x, [(0.5, 1.0)])
