@@ -1,0 +1,539 @@
+"""Benchmark DANet's attention blocks per backend: time, peak memory and GFLOP/s.
+
+Every case runs the PAM or CAM module (1x1 projections included) on a
+``(B, C, H, W)`` map with ``N = H * W`` positions, forward only or forward +
+backward, in float32 or under autocast (float16 / bfloat16).
+
+Measurement:
+- time: median of ``--repeats`` runs after one warm-up run (a case whose warm-up
+  alone takes longer than ``--long-case-seconds`` is timed by that single run),
+  after a run of the same case on a 16 x 16 map that loads code and workspaces;
+  ``time.perf_counter`` on CPU, CUDA events on GPU, synchronised.
+- peak memory above what the inputs and the module already hold:
+  on CUDA ``torch.cuda.max_memory_allocated``; on CPU each case runs in a forked
+  child process whose resident-set high-water mark (Linux ``VmHWM``, reset before
+  the case through ``/proc/self/clear_refs``) is read, with glibc told to return
+  large freed blocks to the system at once.
+- GFLOP/s: the model FLOPs of the case (convolutions and attention matmuls of the
+  bmm algorithm; a backward counts twice its forward; softmax and elementwise work
+  not counted; recomputation by the chunked backend not counted) over the time,
+  against the device's ceiling measured in the same run with a large matmul.
+
+Outputs (in ``--out``): ``<stem>.json`` with every case, ``<stem>.md`` with the
+table, and ``<stem>-<block>-<mode>-<dtype>.png`` plots (time and peak memory vs N,
+log-log, one line per backend) when matplotlib is installed.
+
+Examples::
+
+    python benchmarks/bench_attention.py --quick
+    python benchmarks/bench_attention.py --blocks pam --modes train --sizes 16384 32768
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from attnblocks import CAM, PAM
+from attnblocks.functional import last_attention_backend
+
+PAM_BACKENDS = ("bmm", "chunked", "sdpa", "auto")
+CAM_BACKENDS = ("bmm", "auto")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+QUICK = dict(sizes=[1024, 4096], dtypes=["float32"], chunk_sizes=[], repeats=3)
+FULL_SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmark configuration."""
+
+    block: str  # "pam" or "cam"
+    backend: str
+    chunk_size: int | None
+    dtype: str
+    mode: str  # "forward" or "train" (forward + backward)
+    positions: int
+    height: int
+    width: int
+    channels: int
+    batch: int
+    device: str
+
+
+@dataclasses.dataclass
+class Result(Case):
+    """A case and what it measured."""
+
+    status: str = "ok"  # "ok", "oom", "skipped" or "error"
+    detail: str = ""
+    ran_backend: str | None = None
+    seconds: float | None = None
+    repeats: int = 0
+    peak_bytes: int | None = None
+    memory_method: str = ""
+    gflop: float = 0.0
+    gflops: float | None = None
+
+
+def map_shape(positions: int) -> tuple[int, int]:
+    """A near-square ``H x W`` with ``H * W = positions`` (powers of two stay exact)."""
+    height = 2 ** int(math.log2(positions) // 2)
+    while positions % height:
+        height -= 1
+    return height, positions // height
+
+
+def model_gflop(case: Case) -> float:
+    """Matmul/convolution GFLOP of the case, as the bmm algorithm computes it."""
+    n, c, b = case.positions, case.channels, case.batch
+    if case.block == "pam":
+        key_channels = c // 8
+        projections = 2 * n * c * (2 * key_channels + c)
+        attention = 2 * n * n * key_channels + 2 * n * n * c
+    else:
+        projections = 0
+        attention = 2 * (2 * c * c * n)
+    forward = b * (projections + attention)
+    return (3 if case.mode == "train" else 1) * forward / 1e9
+
+
+def estimated_peak_bytes(case: Case) -> int:
+    """A generous estimate of the case's peak, to skip what cannot fit (CPU only)."""
+    itemsize = 4
+    if case.block == "pam" and case.backend == "bmm":
+        matrices = 3 if case.mode == "train" else 2  # scores, probabilities, their gradient
+        return matrices * case.batch * case.positions**2 * itemsize
+    return 16 * case.batch * case.positions * case.channels * itemsize + 2**30
+
+
+def build(case: Case) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The module, its input and the output gradient for a case."""
+    device = torch.device(case.device)
+    torch.manual_seed(0)  # every backend of a configuration sees the same weights and input
+    if case.block == "pam":
+        module = PAM(
+            case.channels, backend=case.backend, chunk_size=case.chunk_size, gamma_init=0.5
+        )
+    else:
+        module = CAM(case.channels, backend=case.backend, gamma_init=0.5)
+    module = module.to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    shape = (case.batch, case.channels, case.height, case.width)
+    x = torch.randn(shape, generator=gen, device=device) / math.sqrt(case.channels)
+    x.requires_grad_(case.mode == "train")
+    out_dtype = torch.float32 if case.dtype == "float32" else DTYPES[case.dtype]
+    grad = torch.randn(shape, generator=gen, device=device).to(out_dtype)
+    return module, x, grad
+
+
+def run_case_once(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, case: Case) -> None:
+    autocast = (
+        torch.autocast(x.device.type, dtype=DTYPES[case.dtype])
+        if case.dtype != "float32"
+        else contextlib.nullcontext()
+    )
+    with autocast, torch.set_grad_enabled(case.mode == "train"):
+        out = module(x)
+    if case.mode == "train":
+        out.backward(grad.to(out.dtype))
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(stop) / 1e3
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _high_water_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _reset_high_water() -> None:
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # 5: reset the peak resident set size (Linux >= 4.0)
+
+
+def measure(case: Case, repeats: int, long_case_seconds: float) -> Result:
+    """Run one case in this process and measure it."""
+    result = Result(**dataclasses.asdict(case), gflop=model_gflop(case))
+    device = torch.device(case.device)
+    try:
+        # A small copy of the case first: code pages and library workspaces loaded on first
+        # use would otherwise count as the case's memory.
+        small = dataclasses.replace(case, height=min(case.height, 16), width=min(case.width, 16))
+        run_case_once(*build(small), small)
+        module, x, grad = build(case)
+        _synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            result.memory_method = "torch.cuda.max_memory_allocated"
+        else:
+            base = _resident_bytes()
+            _reset_high_water()
+            result.memory_method = "VmHWM of a forked process per case"
+        first = _timed(lambda: run_case_once(module, x, grad, case), device)
+        times = [first]  # a long case: its one run is the measurement
+        if first <= long_case_seconds:  # a short one: the first run was the warm-up
+            times = [
+                _timed(lambda: run_case_once(module, x, grad, case), device) for _ in range(repeats)
+            ]
+        peak = (
+            torch.cuda.max_memory_allocated(device)
+            if device.type == "cuda"
+            else _high_water_bytes()
+        )
+        result.seconds = statistics.median(times)
+        result.repeats = len(times)
+        result.peak_bytes = max(peak - base, 0)
+        result.gflops = result.gflop / result.seconds
+        result.ran_backend = last_attention_backend() if case.block == "pam" else "bmm"
+    except torch.OutOfMemoryError as error:
+        result.status, result.detail = "oom", str(error).splitlines()[0][:200]
+    except RuntimeError as error:
+        if "allocate" not in str(error):
+            raise
+        result.status, result.detail = "oom", str(error).splitlines()[0][:200]
+    return result
+
+
+def _child(connection, case: Case, repeats: int, long_case_seconds: float) -> None:
+    try:
+        connection.send(dataclasses.asdict(measure(case, repeats, long_case_seconds)))
+    except BaseException as error:  # report anything to the parent instead of dying silently
+        connection.send({"error": f"{type(error).__name__}: {error}"})
+    finally:
+        connection.close()
+
+
+def measure_isolated(case: Case, repeats: int, long_case_seconds: float) -> Result:
+    """Run a CPU case in a forked child, so that its peak memory is its own."""
+    parent, child = multiprocessing.Pipe(duplex=False)
+    process = multiprocessing.get_context("fork").Process(
+        target=_child, args=(child, case, repeats, long_case_seconds)
+    )
+    process.start()
+    child.close()
+    payload = parent.recv() if parent.poll(timeout=None) else None
+    process.join()
+    if payload is None or "error" in payload:
+        reason = payload["error"] if payload else f"worker exited with code {process.exitcode}"
+        status = "oom" if process.exitcode == -9 else "error"
+        return Result(**dataclasses.asdict(case), status=status, detail=reason[:300])
+    return Result(**payload)
+
+
+def matmul_ceiling_gflops(device: torch.device, dtype: torch.dtype) -> float:
+    """Best GFLOP/s of a large square matmul on ``device`` in ``dtype``."""
+    size = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = math.inf
+    for _ in range(4):
+        best = min(best, _timed(lambda: a @ b, device))
+    return 2 * size**3 / best / 1e9
+
+
+def _ceiling_child(connection, device: str, dtypes: list[str]) -> None:
+    connection.send(
+        {name: matmul_ceiling_gflops(torch.device(device), DTYPES[name]) for name in dtypes}
+    )
+    connection.close()
+
+
+def measure_ceilings(device: str, dtypes: list[str]) -> dict[str, float]:
+    if device != "cpu":
+        return {name: matmul_ceiling_gflops(torch.device(device), DTYPES[name]) for name in dtypes}
+    # In a child too: the parent stays free of OpenMP threads, which fork does not copy safely.
+    parent, child = multiprocessing.Pipe(duplex=False)
+    process = multiprocessing.get_context("fork").Process(
+        target=_ceiling_child, args=(child, device, dtypes)
+    )
+    process.start()
+    ceilings = parent.recv()
+    process.join()
+    return ceilings
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    model = platform.processor() or "cpu"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def make_cases(args: argparse.Namespace) -> list[Case]:
+    cases = []
+    for block in args.blocks:
+        backends = [
+            b for b in args.backends if b in (PAM_BACKENDS if block == "pam" else CAM_BACKENDS)
+        ]
+        for dtype in args.dtypes:
+            for mode in args.modes:
+                for backend in backends:
+                    chunks = [None]
+                    if block == "pam" and backend == "chunked":
+                        chunks += args.chunk_sizes
+                    for chunk_size in chunks:
+                        for positions in args.sizes:
+                            height, width = map_shape(positions)
+                            cases.append(
+                                Case(block, backend, chunk_size, dtype, mode, positions, height,
+                                     width, args.channels, args.batch, args.device)
+                            )  # fmt: skip
+    return cases
+
+
+def _progress_line(r: Result) -> str:
+    shown = (
+        f"{r.seconds * 1e3:9.1f} ms {_mib(r.peak_bytes):>8} MiB"
+        if r.status == "ok"
+        else f"{r.status}: {r.detail}"
+    )
+    config = f"{r.block} {r.backend:7} chunk={r.chunk_size} {r.dtype:8} {r.mode:7}"
+    return f"{config} N={r.positions:6} {shown}"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.0f}"
+
+
+def markdown_table(results: list[Result], ceilings: dict[str, float], header: str) -> str:
+    """One row per case, with time and memory relative to bmm of the same configuration."""
+    bmm = {
+        (r.block, r.dtype, r.mode, r.positions): r
+        for r in results
+        if r.backend == "bmm" and r.status == "ok"
+    }
+    lines = [
+        header,
+        "",
+        "| block | backend | chunk | dtype | mode | N (H x W) | time (ms) | peak (MiB) "
+        "| GFLOP/s | % ceiling | time / bmm | memory / bmm | status |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        ref = bmm.get((r.block, r.dtype, r.mode, r.positions))
+        backend = r.backend if r.backend != "auto" else f"auto -> {r.ran_backend}"
+        chunk = "-" if r.chunk_size is None else str(r.chunk_size)
+        if r.status != "ok":
+            cells = ["-"] * 6 + [f"{r.status}: {r.detail}".replace("|", "/")]
+        else:
+            ceiling = ceilings.get(r.dtype)
+            time_ratio = f"{r.seconds / ref.seconds:.2f}" if ref else "-"
+            memory_ratio = f"{r.peak_bytes / ref.peak_bytes:.3f}" if ref and ref.peak_bytes else "-"
+            cells = [
+                f"{r.seconds * 1e3:,.1f}",
+                _mib(r.peak_bytes),
+                f"{r.gflops:,.1f}",
+                f"{100 * r.gflops / ceiling:.0f}" if ceiling else "-",
+                time_ratio,
+                memory_ratio,
+                "ok",
+            ]
+        row = [r.block, backend, chunk, r.dtype, r.mode, f"{r.positions} ({r.height}x{r.width})"]
+        lines.append("| " + " | ".join(row + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[Result], out_dir: Path, stem: str) -> list[Path]:
+    """Time and peak memory vs N per (block, mode, dtype), one line per backend."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
+    paths = []
+    groups = sorted({(r.block, r.mode, r.dtype) for r in results})
+    for block, mode, dtype in groups:
+        fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
+        members = [r for r in results if (r.block, r.mode, r.dtype) == (block, mode, dtype)]
+        lines = sorted({(r.backend, r.chunk_size or 0) for r in members})
+        for backend, chunk in lines:
+            ok = [
+                r
+                for r in members
+                if (r.backend, r.chunk_size or 0) == (backend, chunk) and r.status == "ok"
+            ]
+            if not ok:
+                continue
+            label = backend if not chunk else f"{backend} (chunk {chunk})"
+            n = [r.positions for r in ok]
+            ax_time.plot(n, [r.seconds for r in ok], marker="o", label=label)
+            ax_mem.plot(n, [r.peak_bytes / 2**20 for r in ok], marker="o", label=label)
+        for ax, ylabel in ((ax_time, "time (s)"), (ax_mem, "peak memory (MiB)")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("positions N = H x W")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="both", alpha=0.3)
+        ax_time.legend(fontsize=8)
+        fig.suptitle(
+            f"{block.upper()} {mode}, {dtype}, C={members[0].channels}, B={members[0].batch}"
+        )
+        fig.tight_layout()
+        path = out_dir / f"{stem}-{block}-{mode}-{dtype}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def default_stem(device: str) -> str:
+    """``attention-<device tag>-torch<major.minor>``, e.g. ``attention-cpu-xeon2c-torch2.14``."""
+    if device.startswith("cuda"):
+        tag = "cuda-" + torch.cuda.get_device_name(torch.device(device)).split()[-1].lower()
+    else:
+        words = [w.replace("(R)", "").lower() for w in device_name(device).split(",")[0].split()]
+        family = next((w for w in words if w in ("xeon", "epyc", "core", "ryzen", "apple")), "")
+        tag = f"cpu-{family}{os.cpu_count()}c"
+    version = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    return f"attention-{tag}-torch{version}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--blocks", nargs="+", default=["pam", "cam"], choices=["pam", "cam"])
+    add("--backends", nargs="+", default=list(PAM_BACKENDS), choices=PAM_BACKENDS,
+        help="backends to run (CAM runs only bmm and auto)")  # fmt: skip
+    add("--chunk-sizes", nargs="*", type=int, default=[256, 1024],
+        help="explicit chunk sizes for the chunked backend, besides its default")  # fmt: skip
+    add("--sizes", nargs="+", type=int, default=FULL_SIZES, help="numbers of positions N")
+    add("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES),
+        help="float32, or autocast to float16/bfloat16")  # fmt: skip
+    add("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
+    add("--channels", type=int, default=512)
+    add("--batch", type=int, default=1)
+    add("--repeats", type=int, default=3)
+    add("--long-case-seconds", type=float, default=5.0,
+        help="a case whose warm-up takes longer is timed by that one run")  # fmt: skip
+    add("--give-up-seconds", type=float, default=150.0,
+        help="skip larger N for a configuration once a case took longer")  # fmt: skip
+    add("--quick", action="store_true",
+        help="small sizes, float32, default chunks: under 2 minutes on 2 CPU cores")  # fmt: skip
+    add("--out", type=Path, default=Path(__file__).parent / "results")
+    add("--stem", help="output file name stem (default: from device and torch version)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    args = parse_args(argv)
+    if args.device == "cpu":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(
+                -3, 128 * 1024
+            )  # M_MMAP_THRESHOLD: large blocks go back to the OS when freed
+            libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    started = time.perf_counter()
+    name = device_name(args.device)
+    ceilings = measure_ceilings(args.device, args.dtypes)
+    print(f"device: {name}; torch {torch.__version__}")
+    print("matmul ceiling (GFLOP/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items()))
+    free = (
+        os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if args.device == "cpu" else None
+    )
+    results: list[Result] = []
+    given_up: dict[tuple, str] = {}
+    for case in make_cases(args):
+        config = (case.block, case.backend, case.chunk_size, case.dtype, case.mode)
+        if config in given_up:
+            result = Result(**dataclasses.asdict(case), status="skipped", detail=given_up[config])
+        elif free is not None and estimated_peak_bytes(case) > 0.9 * free:
+            need = estimated_peak_bytes(case) / 2**30
+            detail = f"needs ~{need:.0f} GiB, {free / 2**30:.0f} GiB free"
+            result = Result(**dataclasses.asdict(case), status="oom", detail=detail)
+        elif args.device == "cpu":
+            result = measure_isolated(case, args.repeats, args.long_case_seconds)
+        else:
+            result = measure(case, args.repeats, args.long_case_seconds)
+            torch.cuda.empty_cache()
+        if result.status == "ok" and result.seconds > args.give_up_seconds:
+            given_up[config] = f"N={case.positions} took {result.seconds:.0f} s"
+        if result.status == "oom":
+            given_up[config] = f"out of memory at N={case.positions}"
+        results.append(result)
+        print(_progress_line(result), flush=True)
+
+    duration = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.stem or default_stem(args.device) + ("-quick" if args.quick else "")
+    header = (
+        f"Device: {name}; torch {torch.__version__}; C={args.channels}, B={args.batch}; "
+        f"matmul ceiling (GFLOP/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items())
+        + f"; memory: {results[0].memory_method if results else '-'}; run took {duration:.0f} s."
+    )  # fmt: skip
+    table = markdown_table(results, ceilings, header)
+    payload = {
+        "device": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "seconds": duration,
+        "ceiling_gflops": ceilings,
+        "cases": [dataclasses.asdict(r) for r in results],
+    }
+    (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    (args.out / f"{stem}.md").write_text(table)
+    plots = plot(results, args.out, stem)
+    print()
+    print(table)
+    print(f"wrote {args.out / stem}.json, .md and {len(plots)} plots in {duration:.0f} s")
+    return results
+
+
+if __name__ == "__main__":
+    main()

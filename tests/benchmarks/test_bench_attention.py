@@ -1,0 +1,87 @@
+"""benchmarks/bench_attention.py at a tiny size: its outputs and the agreement of its backends."""
+
+import dataclasses
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.reference import relative_error
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attention.py"
+CASE_FIELDS = {
+    "block", "backend", "chunk_size", "dtype", "mode", "positions", "height", "width",
+    "channels", "batch", "device", "status", "detail", "ran_backend", "seconds", "repeats",
+    "peak_bytes", "memory_method", "gflop", "gflops",
+}  # fmt: skip
+
+
+def load_script():
+    if "bench_attention" in sys.modules:
+        return sys.modules["bench_attention"]
+    spec = importlib.util.spec_from_file_location("bench_attention", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_attention"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    command = [
+        sys.executable, str(SCRIPT), "--device", "cpu", "--sizes", "64", "256",
+        "--channels", "32", "--dtypes", "float32", "--chunk-sizes", "48",
+        "--repeats", "1", "--out", str(out), "--stem", "tiny",
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return out, completed.stdout
+
+
+def test_writes_json_table_and_prints_it(run):
+    out, stdout = run
+    payload = json.loads((out / "tiny.json").read_text())
+    assert {"device", "torch", "command", "seconds", "ceiling_gflops", "cases"} <= payload.keys()
+    assert payload["ceiling_gflops"]["float32"] > 0
+    cases = payload["cases"]
+    # PAM: bmm, chunked (default and 48), sdpa, auto; CAM: bmm, auto; 2 modes, 2 sizes.
+    assert len(cases) == (5 + 2) * 2 * 2
+    for case in cases:
+        assert set(case) == CASE_FIELDS
+        assert case["status"] == "ok", case
+        assert case["seconds"] > 0 and case["peak_bytes"] >= 0 and case["gflops"] > 0
+        assert case["memory_method"].startswith("VmHWM")
+    table = (out / "tiny.md").read_text()
+    assert table.count("\n| pam |") == 20 and table.count("\n| cam |") == 8
+    assert "| pam | chunked | 48 | float32 | train | 256 (16x16) |" in stdout
+
+
+def test_benchmarked_backends_agree_with_bmm(run):
+    out, _ = run
+    script = load_script()
+    outputs = {}
+    for case_dict in json.loads((out / "tiny.json").read_text())["cases"]:
+        fields = {f.name for f in dataclasses.fields(script.Case)}
+        case = script.Case(**{k: v for k, v in case_dict.items() if k in fields})
+        module, x, _ = script.build(case)
+        with torch.no_grad():
+            outputs[(case.block, case.backend, case.chunk_size, case.positions)] = module(x)
+    for (block, backend, chunk, positions), output in outputs.items():
+        expected = outputs[(block, "bmm", None, positions)]
+        assert relative_error(output, expected) < 1e-5, (block, backend, chunk, positions)
+
+
+def test_flop_count_of_pam_forward():
+    script = load_script()
+    case = script.Case("pam", "bmm", None, "float32", "forward", 100, 10, 10, 16, 2, "cpu")
+    # 1x1 convs to 2 + 2 + 16 channels, then q k^T (d=2) and attention @ v (16 channels).
+    expected = 2 * (2 * 100 * 16 * 20 + 2 * 100 * 100 * 2 + 2 * 100 * 100 * 16)
+    assert script.model_gflop(case) == pytest.approx(expected / 1e9)
+    assert script.model_gflop(dataclasses.replace(case, mode="train")) == pytest.approx(
+        3 * expected / 1e9
+    )
