@@ -79,7 +79,8 @@ class _ChunkedPositionAttention(torch.autograd.Function):
         log_sum_exp = query.new_empty(batch, query_positions)
         key_t = key.transpose(1, 2)  # (B, D, N_k)
         scores = _BlockBuffer(query, key.shape[1], chunk_size)
-        with autocast_disabled(query.device):
+        # no_grad: eager autograd already runs forward without grad, tracers (torch.export) may not.
+        with torch.no_grad(), autocast_disabled(query.device):
             for rows in _chunks(query_positions, chunk_size):
                 probs = torch.bmm(query[:, rows], key_t, out=scores.block(rows))  # (B, chunk, N_k)
                 row_max = probs.amax(dim=-1, keepdim=True)
