@@ -1,0 +1,155 @@
+"""DANet: a dilated FCN with position and channel attention in its head.
+
+Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
+https://arxiv.org/abs/1809.02983
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import check_float_tensor, check_positive_int
+from ..functional._backends import PositionBackend
+from ..functional.channel import ChannelMode
+from ..layers.conv_norm_act import LayerFactory
+from .backbone import OutputStride, create_backbone
+from .danet_head import DANetHead, DANetOutput
+
+
+class DANet(nn.Module):
+    """DANet segmentation model: timm backbone, :class:`DANetHead`, bilinear upsampling.
+
+    The backbone's last feature map (stride ``output_stride``) goes through both
+    attention branches; the fused features and each branch get a classifier, and the
+    three logit maps are upsampled to the input size.
+
+    Shapes: ``(B, in_chans, H, W)`` -> :class:`DANetOutput` of three
+    ``(B, num_classes, H, W)`` logit maps, any ``H, W``.
+
+    Args:
+        backbone: timm model name; any model that supports ``features_only`` and
+            ``output_stride`` (``resnet50``, ``resnet101``, ``resnet101s`` with the deep
+            stem, ``resnest50d``, ``regnety_016``, ``mobilenetv3_large_100``,
+            ``efficientnet_b0``...).
+        num_classes: number of classes.
+        output_stride: 8 (the paper) or 16 (4x fewer attention positions).
+        multi_grid: per-block dilations of the last ResNet stage, e.g. ``(4, 8, 16)``
+            as the authors' released DANet-101; None keeps timm's dilation.
+        pretrained_backbone: load timm's ImageNet weights for the backbone (download).
+        backbone_weights: local file with the backbone classifier's ImageNet weights
+            (timm key names), used instead of a download.
+        align_corners: of the final bilinear upsampling (the authors' code: True).
+        attention_backend: PAM's backend (see :class:`attnblocks.PAM`).
+        chunk_size: PAM's query chunk for the ``"chunked"`` backend.
+        cam_mode: ``"original"`` (authors' code) or ``"paper"``.
+        head_dropout: channel dropout before the classifiers (0.1 in the authors' code).
+        norm_layer: normalisation of the head convolutions.
+        backbone_kwargs: more keyword arguments for ``timm.create_model``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        num_classes: int = 19,
+        output_stride: OutputStride = 8,
+        multi_grid: Sequence[int] | None = None,
+        pretrained_backbone: bool = False,
+        backbone_weights: str | Path | None = None,
+        align_corners: bool = False,
+        attention_backend: PositionBackend = "auto",
+        chunk_size: int | None = None,
+        cam_mode: ChannelMode = "original",
+        head_dropout: float = 0.1,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+        backbone_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive_int("num_classes", num_classes)
+        self.backbone = create_backbone(
+            backbone, output_stride, multi_grid, pretrained=pretrained_backbone,
+            weights=backbone_weights, **dict(backbone_kwargs or {}),
+        )  # fmt: skip
+        self.backbone_name = backbone
+        self.output_stride = output_stride
+        self.in_chans = int(dict(backbone_kwargs or {}).get("in_chans", 3))
+        self.align_corners = align_corners
+        self.head = DANetHead(
+            self.backbone.feature_info.channels()[-1], num_classes, dropout=head_dropout,
+            backend=attention_backend, chunk_size=chunk_size, cam_mode=cam_mode,
+            norm_layer=norm_layer,
+        )  # fmt: skip
+
+    def forward(self, images: Tensor) -> DANetOutput:
+        """Class logits ``(out, pam, cam)`` at the size of ``images`` ``(B, in_chans, H, W)``."""
+        check_float_tensor("DANet input", images, ("B", "C", "H", "W"))
+        if images.shape[1] != self.in_chans:
+            raise ValueError(
+                f"DANet's backbone takes {self.in_chans}-channel images, got "
+                f"{images.shape[1]} channels (shape {tuple(images.shape)})"
+            )
+        features = self.backbone(images)[-1]  # (B, C, H / os, W / os)
+        logits = self.head(features)
+        size = images.shape[-2:]
+        return DANetOutput(
+            *(
+                F.interpolate(t, size=size, mode="bilinear", align_corners=self.align_corners)
+                for t in logits
+            )
+        )
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor) -> Tensor:
+        """Label maps ``(B, H, W)`` from the fused output, in eval mode (switched to it).
+
+        Args:
+            images: ``(B, in_chans, H, W)`` normalised images.
+        """
+        self.eval()
+        return self(images).out.argmax(dim=1)
+
+    @classmethod
+    def from_original(
+        cls,
+        path_or_state_dict: str | Path | Mapping[str, Any],
+        backbone: str = "resnet101",
+        num_classes: int = 19,
+        multi_grid: Sequence[int] | None = (4, 8, 16),
+        **kwargs: Any,
+    ) -> DANet:
+        """Build the DANet of an authors' checkpoint (junfu1115/DANet) and load it.
+
+        Their model: dilated ResNet at output stride 8 (``resnet50``/``resnet101`` for the
+        plain 7x7 stem of the released model, ``resnet50s``/``resnet101s`` for their deep
+        stem), multi-grid ``(4, 8, 16)`` in the last stage, bilinear upsampling with
+        ``align_corners=True``.
+
+        Args:
+            path_or_state_dict: their checkpoint file (read with ``torch.load(...,
+                weights_only=True)``), or its loaded contents (a state dict or
+                ``{"state_dict": ...}``).
+            backbone: timm name of the matching backbone.
+            num_classes: classes of the checkpoint (19 for Cityscapes).
+            multi_grid: last-stage dilations of the checkpoint; None for none.
+            **kwargs: further :class:`DANet` arguments (``attention_backend``...).
+
+        Raises:
+            ValueError: listing missing and unexpected keys, or mismatched shapes.
+        """
+        from ..compat import load_original_state_dict
+
+        kwargs.setdefault("align_corners", True)
+        kwargs.setdefault("output_stride", 8)
+        model = cls(backbone, num_classes, multi_grid=multi_grid, **kwargs)
+        if isinstance(path_or_state_dict, (str, Path)):
+            # weights_only: tensors and plain containers only, nothing executed on load.
+            path_or_state_dict = torch.load(
+                path_or_state_dict, map_location="cpu", weights_only=True
+            )
+        load_original_state_dict(model, path_or_state_dict)
+        return model

@@ -1,0 +1,41 @@
+"""DANetLoss against cross-entropy computed by hand."""
+
+import pytest
+import torch
+
+from attnblocks.losses import DANetLoss
+from attnblocks.models import DANetOutput
+
+
+def manual_cross_entropy(logits, target, ignore_index):
+    log_probs = logits.double().log_softmax(dim=1)
+    valid = target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target))  # any class index for void
+    picked = log_probs.gather(1, safe.unsqueeze(1)).squeeze(1)
+    return -(picked[valid]).mean()
+
+
+def test_weighted_sum_of_three_cross_entropies():
+    gen = torch.Generator().manual_seed(0)
+    outputs = DANetOutput(*(torch.randn(2, 4, 5, 6, generator=gen) for _ in range(3)))
+    target = torch.randint(0, 4, (2, 5, 6), generator=gen)
+    target[0, 0] = 255
+    expected = sum(
+        w * manual_cross_entropy(t, target, 255) for w, t in zip((1.0, 0.3, 0.7), outputs)
+    )
+    loss = DANetLoss(aux_weights=(0.3, 0.7))(outputs, target)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    equal = DANetLoss()(outputs, target)
+    assert equal.item() == pytest.approx(
+        sum(manual_cross_entropy(t, target, 255) for t in outputs).item(), rel=1e-6
+    )
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="aux_weights must be two non-negative weights"):
+        DANetLoss(aux_weights=(1.0,))
+    with pytest.raises(ValueError, match="aux_weights must be two non-negative weights"):
+        DANetLoss(aux_weights=(1.0, -1.0))
+    outputs = DANetOutput(*(torch.randn(2, 4, 5, 6) for _ in range(3)))
+    with pytest.raises(ValueError, match=r"target must be \(B, H, W\)"):
+        DANetLoss()(outputs, torch.zeros(2, 5, 7, dtype=torch.long))
