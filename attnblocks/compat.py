@@ -2,15 +2,18 @@
 
 Their ``PAM_Module`` and ``CAM_Module`` state dicts load into :class:`attnblocks.PAM`
 and :class:`attnblocks.CAM` unchanged. Their ``DANetHead`` names its parts by
-number (``conv5a``, ``sa``, ``conv51``, ``conv6``...); the functions here rename
-those keys to this package's descriptive ones.
+number (``conv5a``, ``sa``, ``conv51``, ``conv6``...) and their DANet keeps its
+backbone under ``pretrained.``; the functions here rename those keys to this
+package's (``head.attention.pam_in.conv.weight``, ``backbone.layer1.0.conv1.weight``).
+Their backbone keys are torchvision's ResNet names, which timm's ResNets share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 # (authors' prefix, ours) for DANetHead, checked in order; ".0"/".1" index their nn.Sequential.
 _HEAD_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -70,3 +73,94 @@ def convert_original_head_state_dict(state_dict: Mapping[str, Tensor]) -> dict[s
             f"expected keys under {known}"
         )
     return converted
+
+
+_STALE_PREFIXES = ("pretrained.fc.",)  # the ImageNet classifier their backbone kept but never used
+
+
+def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The state dict inside a checkpoint: ``checkpoint["state_dict"]`` or the mapping itself."""
+    if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], Mapping):
+        return checkpoint["state_dict"]
+    return checkpoint
+
+
+def convert_original_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Rename the keys of the authors' DANet checkpoint to :class:`attnblocks.models.DANet`'s.
+
+    Accepts their raw state dict or their ``{"state_dict": ...}`` file, strips the
+    ``module.`` prefix that ``DataParallel`` adds, and drops their unused
+    ``pretrained.fc.*`` classifier. ``pretrained.*`` becomes ``backbone.*``, and
+    ``head.*`` is renamed by :func:`convert_original_head_state_dict`.
+
+    Args:
+        checkpoint: the loaded checkpoint.
+
+    Returns:
+        A new state dict with this package's key names (tensors unchanged).
+
+    Raises:
+        ValueError: listing keys that belong to neither their backbone nor their head
+            (an auxiliary ``auxlayer`` of a model trained with ``aux=True``, say).
+    """
+    state_dict = {key.removeprefix("module."): value for key, value in _unwrap(checkpoint).items()}
+    backbone, head, unknown = {}, {}, []
+    for key, value in state_dict.items():
+        if key.startswith(_STALE_PREFIXES):
+            continue
+        if key.startswith("pretrained."):
+            backbone["backbone." + key.removeprefix("pretrained.")] = value
+        elif key.startswith("head."):
+            head[key.removeprefix("head.")] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"keys that are neither 'pretrained.*' (backbone) nor 'head.*' in the DANet "
+            f"checkpoint: {sorted(unknown)}"
+        )
+    converted = {
+        "head." + key: value for key, value in convert_original_head_state_dict(head).items()
+    }
+    return {**backbone, **converted}
+
+
+def load_original_state_dict(model: nn.Module, checkpoint: Mapping[str, Any]) -> None:
+    """Load the authors' DANet checkpoint into ``model`` (an :class:`attnblocks.models.DANet`).
+
+    Stricter than ``load_state_dict(strict=False)``, which the authors' loader used and
+    which silently leaves layers random: every key of ``model`` must be filled and
+    every key of the checkpoint used, with matching shapes. Only BatchNorm's
+    ``num_batches_tracked`` counters may be absent (older checkpoints lack them; they
+    do not affect the output) and keep the model's values.
+
+    Args:
+        model: the DANet to fill, built with the checkpoint's configuration.
+        checkpoint: the loaded checkpoint (see :func:`convert_original_state_dict`).
+
+    Raises:
+        ValueError: listing missing keys, unexpected keys and shape mismatches.
+    """
+    converted = convert_original_state_dict(checkpoint)
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked"):
+            converted.setdefault(key, value)
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    mismatched = [
+        f"{key}: checkpoint {tuple(converted[key].shape)}, model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in converted and tuple(converted[key].shape) != tuple(expected[key].shape)
+    ]
+    if missing or unexpected or mismatched:
+        problems = [
+            f"missing keys ({len(missing)}): {missing}" if missing else "",
+            f"unexpected keys ({len(unexpected)}): {unexpected}" if unexpected else "",
+            f"shape mismatches: {mismatched}" if mismatched else "",
+        ]
+        raise ValueError(
+            "the checkpoint does not match this DANet (check backbone, num_classes and "
+            "multi_grid); " + "; ".join(p for p in problems if p)
+        )
+    model.load_state_dict(converted, strict=True)
