@@ -1,0 +1,52 @@
+"""A small DANet through torch.compile, torch.export and ONNX gives the eager result."""
+
+import pytest
+import torch
+
+from attnblocks.models import DANet
+
+BACKENDS = ["bmm", "chunked", "sdpa"]
+
+
+def small_danet(backend):
+    torch.manual_seed(0)
+    model = DANet("resnet18", num_classes=5, attention_backend=backend, chunk_size=16).eval()
+    for block in (model.head.attention.pam, model.head.attention.cam):
+        block.gamma.data.fill_(0.5)  # make the attention count in the output
+    return model, torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def assert_same_outputs(outputs, expected):
+    assert len(outputs) == 3
+    for ours, reference in zip(outputs, expected):
+        torch.testing.assert_close(torch.as_tensor(ours), reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_export(backend):
+    model, images = small_danet(backend)
+    with torch.no_grad():
+        expected = model(images)
+    program = torch.export.export(model, (images,))
+    with torch.no_grad():
+        assert_same_outputs(program.module()(images), expected)
+
+
+def test_torch_compile():
+    model, images = small_danet("auto")
+    with torch.no_grad():
+        expected = model(images)
+        assert_same_outputs(torch.compile(model)(images), expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_onnx_export_runs_in_onnxruntime(backend, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime comes with the test extra")
+    pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript (test extra)")
+    model, images = small_danet(backend)
+    with torch.no_grad():
+        expected = model(images)
+    torch.onnx.export(model, (images,), dynamo=True).save(str(tmp_path / "danet.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "danet.onnx"))
+    outputs = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    assert_same_outputs(outputs, expected)
