@@ -79,7 +79,8 @@ def create_backbone(
         pretrained: load timm's ImageNet weights (downloads them through timm).
         weights: path of a local file with the classifier's state dict (timm's key
             names, ``.pth``/``.bin``/``.safetensors``), loaded instead of a download.
-        **timm_kwargs: passed to ``timm.create_model`` (``in_chans``, ``norm_layer``...).
+        **timm_kwargs: passed to ``timm.create_model`` (``in_chans``, ``norm_layer``...);
+            ``out_indices=(k,)`` takes stage ``k``'s features instead of the last stage's.
 
     Returns:
         The timm ``features_only`` model; ``feature_info.channels()[-1]`` is its
@@ -89,9 +90,11 @@ def create_backbone(
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}; see timm.list_models()")
+    # The last stage by default; timm_kwargs may pick an earlier one, e.g. out_indices=(2,).
     options: dict[str, Any] = dict(
-        features_only=True, output_stride=output_stride, out_indices=(-1,), **timm_kwargs
+        features_only=True, output_stride=output_stride, out_indices=(-1,)
     )
+    options.update(timm_kwargs)
     if weights is not None:
         path = Path(weights)
         if not path.is_file():

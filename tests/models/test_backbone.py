@@ -79,3 +79,10 @@ def test_download_failure_points_to_a_local_file(monkeypatch):
         RuntimeError, match=r"could not fetch ImageNet weights.*backbone_weights=PATH"
     ):
         create_backbone("resnet18", pretrained=True)
+
+
+def test_an_earlier_stage_can_be_taken():
+    backbone = create_backbone("resnet18", output_stride=8, out_indices=(2,)).eval()
+    assert backbone.feature_info.channels()[-1] == 128
+    with torch.no_grad():
+        assert backbone(torch.randn(1, 3, 64, 64))[-1].shape == (1, 128, 8, 8)
