@@ -4,16 +4,14 @@ Every case runs the PAM or CAM module (1x1 projections included) on a
 ``(B, C, H, W)`` map with ``N = H * W`` positions, forward only or forward +
 backward, in float32 or under autocast (float16 / bfloat16).
 
-Measurement:
+Measurement (``benchmarks/harness.py``):
 - time: median of ``--repeats`` runs after one warm-up run (a case whose warm-up
   alone takes longer than ``--long-case-seconds`` is timed by that single run),
   after a run of the same case on a 16 x 16 map that loads code and workspaces;
   ``time.perf_counter`` on CPU, CUDA events on GPU, synchronised.
 - peak memory above what the inputs and the module already hold:
   on CUDA ``torch.cuda.max_memory_allocated``; on CPU each case runs in a forked
-  child process whose resident-set high-water mark (Linux ``VmHWM``, reset before
-  the case through ``/proc/self/clear_refs``) is read, with glibc told to return
-  large freed blocks to the system at once.
+  child process whose resident-set high-water mark (Linux ``VmHWM``) is read.
 - GFLOP/s: the model FLOPs of the case (convolutions and attention matmuls of the
   bmm algorithm; a backward counts twice its forward; softmax and elementwise work
   not counted; recomputation by the chunked backend not counted) over the time,
@@ -33,26 +31,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import json
 import math
-import multiprocessing
-import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness, run as a script
+
+from harness import (
+    DTYPES,
+    configure_malloc,
+    device_name,
+    device_tag,
+    free_memory_bytes,
+    measure,
+    measure_ceilings,
+    mib,
+    out_of_memory_reason,
+    run_forked,
+    torch_tag,
+)
+
 from attnblocks import CAM, PAM
 from attnblocks.functional import last_attention_backend
 
 PAM_BACKENDS = ("bmm", "chunked", "sdpa", "auto")
 CAM_BACKENDS = ("bmm", "auto")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUICK = dict(sizes=[1024, 4096], dtypes=["float32"], chunk_sizes=[], repeats=3)
 FULL_SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
@@ -154,44 +163,8 @@ def run_case_once(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, 
         module.zero_grad(set_to_none=True)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(stop) / 1e3
-    begin = time.perf_counter()
-    fn()
-    return time.perf_counter() - begin
-
-
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _high_water_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def _reset_high_water() -> None:
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # 5: reset the peak resident set size (Linux >= 4.0)
-
-
-def measure(case: Case, repeats: int, long_case_seconds: float) -> Result:
-    """Run one case in this process and measure it."""
+def measure_case(case: Case, repeats: int, long_case_seconds: float) -> dict:
+    """Run one case in this process and measure it; a :class:`Result` as a dict."""
     result = Result(**dataclasses.asdict(case), gflop=model_gflop(case))
     device = torch.device(case.device)
     try:
@@ -200,108 +173,27 @@ def measure(case: Case, repeats: int, long_case_seconds: float) -> Result:
         small = dataclasses.replace(case, height=min(case.height, 16), width=min(case.width, 16))
         run_case_once(*build(small), small)
         module, x, grad = build(case)
-        _synchronize(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            result.memory_method = "torch.cuda.max_memory_allocated"
-        else:
-            base = _resident_bytes()
-            _reset_high_water()
-            result.memory_method = "VmHWM of a forked process per case"
-        first = _timed(lambda: run_case_once(module, x, grad, case), device)
-        times = [first]  # a long case: its one run is the measurement
-        if first <= long_case_seconds:  # a short one: the first run was the warm-up
-            times = [
-                _timed(lambda: run_case_once(module, x, grad, case), device) for _ in range(repeats)
-            ]
-        peak = (
-            torch.cuda.max_memory_allocated(device)
-            if device.type == "cuda"
-            else _high_water_bytes()
-        )
-        result.seconds = statistics.median(times)
-        result.repeats = len(times)
-        result.peak_bytes = max(peak - base, 0)
+        measured = measure(lambda: run_case_once(module, x, grad, case), device, repeats,
+                           long_case_seconds)  # fmt: skip
+        result.seconds, result.repeats = measured.seconds, measured.repeats
+        result.peak_bytes, result.memory_method = measured.peak_bytes, measured.memory_method
         result.gflops = result.gflop / result.seconds
         result.ran_backend = last_attention_backend() if case.block == "pam" else "bmm"
-    except torch.OutOfMemoryError as error:
-        result.status, result.detail = "oom", str(error).splitlines()[0][:200]
-    except RuntimeError as error:
-        if "allocate" not in str(error):
+    except (RuntimeError, torch.OutOfMemoryError) as error:
+        reason = out_of_memory_reason(error)
+        if reason is None:
             raise
-        result.status, result.detail = "oom", str(error).splitlines()[0][:200]
-    return result
-
-
-def _child(connection, case: Case, repeats: int, long_case_seconds: float) -> None:
-    try:
-        connection.send(dataclasses.asdict(measure(case, repeats, long_case_seconds)))
-    except BaseException as error:  # report anything to the parent instead of dying silently
-        connection.send({"error": f"{type(error).__name__}: {error}"})
-    finally:
-        connection.close()
+        result.status, result.detail = "oom", reason
+    return dataclasses.asdict(result)
 
 
 def measure_isolated(case: Case, repeats: int, long_case_seconds: float) -> Result:
     """Run a CPU case in a forked child, so that its peak memory is its own."""
-    parent, child = multiprocessing.Pipe(duplex=False)
-    process = multiprocessing.get_context("fork").Process(
-        target=_child, args=(child, case, repeats, long_case_seconds)
-    )
-    process.start()
-    child.close()
-    payload = parent.recv() if parent.poll(timeout=None) else None
-    process.join()
-    if payload is None or "error" in payload:
-        reason = payload["error"] if payload else f"worker exited with code {process.exitcode}"
-        status = "oom" if process.exitcode == -9 else "error"
-        return Result(**dataclasses.asdict(case), status=status, detail=reason[:300])
+    payload = run_forked(measure_case, case, repeats, long_case_seconds)
+    if "error" in payload:
+        status = "oom" if payload.get("killed") else "error"
+        return Result(**dataclasses.asdict(case), status=status, detail=payload["error"][:300])
     return Result(**payload)
-
-
-def matmul_ceiling_gflops(device: torch.device, dtype: torch.dtype) -> float:
-    """Best GFLOP/s of a large square matmul on ``device`` in ``dtype``."""
-    size = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    best = math.inf
-    for _ in range(4):
-        best = min(best, _timed(lambda: a @ b, device))
-    return 2 * size**3 / best / 1e9
-
-
-def _ceiling_child(connection, device: str, dtypes: list[str]) -> None:
-    connection.send(
-        {name: matmul_ceiling_gflops(torch.device(device), DTYPES[name]) for name in dtypes}
-    )
-    connection.close()
-
-
-def measure_ceilings(device: str, dtypes: list[str]) -> dict[str, float]:
-    if device != "cpu":
-        return {name: matmul_ceiling_gflops(torch.device(device), DTYPES[name]) for name in dtypes}
-    # In a child too: the parent stays free of OpenMP threads, which fork does not copy safely.
-    parent, child = multiprocessing.Pipe(duplex=False)
-    process = multiprocessing.get_context("fork").Process(
-        target=_ceiling_child, args=(child, device, dtypes)
-    )
-    process.start()
-    ceilings = parent.recv()
-    process.join()
-    return ceilings
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    model = platform.processor() or "cpu"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def make_cases(args: argparse.Namespace) -> list[Case]:
@@ -328,16 +220,12 @@ def make_cases(args: argparse.Namespace) -> list[Case]:
 
 def _progress_line(r: Result) -> str:
     shown = (
-        f"{r.seconds * 1e3:9.1f} ms {_mib(r.peak_bytes):>8} MiB"
+        f"{r.seconds * 1e3:9.1f} ms {mib(r.peak_bytes):>8} MiB"
         if r.status == "ok"
         else f"{r.status}: {r.detail}"
     )
     config = f"{r.block} {r.backend:7} chunk={r.chunk_size} {r.dtype:8} {r.mode:7}"
     return f"{config} N={r.positions:6} {shown}"
-
-
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:,.0f}"
 
 
 def markdown_table(results: list[Result], ceilings: dict[str, float], header: str) -> str:
@@ -366,7 +254,7 @@ def markdown_table(results: list[Result], ceilings: dict[str, float], header: st
             memory_ratio = f"{r.peak_bytes / ref.peak_bytes:.3f}" if ref and ref.peak_bytes else "-"
             cells = [
                 f"{r.seconds * 1e3:,.1f}",
-                _mib(r.peak_bytes),
+                mib(r.peak_bytes),
                 f"{r.gflops:,.1f}",
                 f"{100 * r.gflops / ceiling:.0f}" if ceiling else "-",
                 time_ratio,
@@ -426,14 +314,7 @@ def plot(results: list[Result], out_dir: Path, stem: str) -> list[Path]:
 
 def default_stem(device: str) -> str:
     """``attention-<device tag>-torch<major.minor>``, e.g. ``attention-cpu-xeon2c-torch2.14``."""
-    if device.startswith("cuda"):
-        tag = "cuda-" + torch.cuda.get_device_name(torch.device(device)).split()[-1].lower()
-    else:
-        words = [w.replace("(R)", "").lower() for w in device_name(device).split(",")[0].split()]
-        family = next((w for w in words if w in ("xeon", "epyc", "core", "ryzen", "apple")), "")
-        tag = f"cpu-{family}{os.cpu_count()}c"
-    version = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-    return f"attention-{tag}-torch{version}"
+    return f"attention-{device_tag(device)}-{torch_tag()}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -470,20 +351,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
     if args.device == "cpu":
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(
-                -3, 128 * 1024
-            )  # M_MMAP_THRESHOLD: large blocks go back to the OS when freed
-            libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+        configure_malloc()
     started = time.perf_counter()
     name = device_name(args.device)
     ceilings = measure_ceilings(args.device, args.dtypes)
     print(f"device: {name}; torch {torch.__version__}")
     print("matmul ceiling (GFLOP/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items()))
-    free = (
-        os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if args.device == "cpu" else None
-    )
+    free = free_memory_bytes() if args.device == "cpu" else None
     results: list[Result] = []
     given_up: dict[tuple, str] = {}
     for case in make_cases(args):
@@ -497,7 +371,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         elif args.device == "cpu":
             result = measure_isolated(case, args.repeats, args.long_case_seconds)
         else:
-            result = measure(case, args.repeats, args.long_case_seconds)
+            result = Result(**measure_case(case, args.repeats, args.long_case_seconds))
             torch.cuda.empty_cache()
         if result.status == "ok" and result.seconds > args.give_up_seconds:
             given_up[config] = f"N={case.positions} took {result.seconds:.0f} s"
