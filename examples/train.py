@@ -1,0 +1,475 @@
+"""Train DANet with the paper's recipe, then evaluate it.
+
+Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
+https://arxiv.org/abs/1809.02983
+
+Recipe: SGD (momentum 0.9, weight decay 1e-4), poly learning rate ``(1 - iter/max)^0.9``
+with the head at ``--head-lr-mult`` times the base rate, random scale, random crop
+(padded with the ignore label), horizontal flip, ImageNet normalisation, and
+cross-entropy on the fused output and on both attention branches.
+
+One process (the demo; about 8 minutes on 2 CPU cores)::
+
+    python examples/train.py
+
+Several processes or GPUs, on one machine or many (torch.distributed: DDP,
+DistributedSampler, SyncBatchNorm on GPUs; gloo on CPU, nccl on CUDA)::
+
+    torchrun --nproc_per_node=4 examples/train.py --dataset cityscapes --data-root DATA ...
+
+Outputs in ``--out``: ``train.log``, ``checkpoint.pt`` (written atomically, for
+``--resume``), ``metrics.json`` and two pictures, ``predictions.png`` and ``attention.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.*` when run as a script
+
+from attnblocks.functional import POSITION_BACKENDS
+from attnblocks.inference import predict_scores
+from attnblocks.losses import DANetLoss
+from attnblocks.metrics import SegmentationMetrics
+from attnblocks.models import DANet
+from examples.datasets import DATASET_NAMES, build_dataset
+from examples.synthetic import CONTEXT_CLASSES, SyntheticScenes
+from examples.transforms import EvalTransform, SeededAugmentation, TrainAugment
+
+log = logging.getLogger("train")
+
+# Per-dataset defaults; a flag given on the command line wins.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "synthetic": dict(backbone="resnet18", backbone_stage=2, crop_size=128, batch_size=8,
+                      iters=2000, lr=0.01, scale_range=(1.0, 1.0), workers=0, eval_crop=None),
+    "cityscapes": dict(backbone="resnet101", crop_size=768, batch_size=8, iters=None, epochs=240,
+                       lr=0.01, scale_range=(0.75, 2.0), workers=4, eval_crop=768),
+    "ade20k": dict(backbone="resnet101", crop_size=512, batch_size=16, iters=None, epochs=120,
+                   lr=0.01, scale_range=(0.75, 2.0), workers=4, eval_crop=512),
+    "voc": dict(backbone="resnet101", crop_size=480, batch_size=16, iters=None, epochs=50,
+                lr=0.01, scale_range=(0.75, 2.0), workers=4, eval_crop=480),
+}  # fmt: skip
+SYNTHETIC_SIZE = (128, 128)
+SYNTHETIC_TRAIN, SYNTHETIC_VAL = 20_000, 300
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch after its first ``skip`` samples (on resume)."""
+
+    skip = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.skip :])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "--dataset",
+        default="synthetic",
+        choices=["synthetic", *DATASET_NAMES],
+        help="synthetic: generated scenes, no files (the demo); the others read --data-root",
+    )
+    add("--data-root", type=Path, help="dataset folder (standard layout, see examples/datasets.py)")
+    add(
+        "--backbone",
+        help="any timm model name (default: resnet18 for synthetic, resnet101 "
+        "as in the paper otherwise)",
+    )
+    add("--output-stride", type=int, default=8, choices=[8, 16], help="backbone output stride")
+    add(
+        "--multi-grid",
+        type=int,
+        nargs="+",
+        metavar="D",
+        help="last-stage dilations, e.g. 4 8 16 as the authors' DANet-101 (bottleneck ResNets)",
+    )
+    add(
+        "--backbone-stage",
+        type=int,
+        metavar="K",
+        help="take the features of backbone stage K instead of the last (synthetic default: 2, "
+        "resnet18's stride-8 stage, whose receptive field is smaller than the image)",
+    )
+    add("--pretrained-backbone", action="store_true", help="timm's ImageNet weights (download)")
+    add("--backbone-weights", type=Path, help="local file of the backbone's ImageNet weights")
+    add("--crop-size", type=int, help="training crop side (default per dataset)")
+    add(
+        "--scale-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="random rescaling range (paper: 0.75 2.0; synthetic default 1 1, as cropping "
+        "could cut away the lamp that decides the vehicles' class)",
+    )
+    add("--no-flip", action="store_true", help="no random horizontal flip")
+    add("--batch-size", type=int, help="images per step per process (default per dataset)")
+    add("--iters", type=int, help="training iterations (synthetic default 2000)")
+    add("--epochs", type=int, help="training epochs instead of --iters (real datasets' default)")
+    add("--lr", type=float, help="base learning rate, poly schedule with power 0.9 (paper: 0.01)")
+    add("--head-lr-mult", type=float, default=10.0, help="head learning rate / base rate")
+    add("--momentum", type=float, default=0.9, help="SGD momentum")
+    add("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    add(
+        "--aux-weights",
+        type=float,
+        nargs=2,
+        default=(1.0, 1.0),
+        metavar=("PAM", "CAM"),
+        help="loss weights of the two attention branches",
+    )
+    add(
+        "--no-attention",
+        action="store_true",
+        help="baseline: both gammas fixed at 0, so the attention never contributes",
+    )
+    add("--attention-backend", default="auto", choices=POSITION_BACKENDS, help="PAM backend")
+    add("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
+    add("--channels-last", action="store_true", help="channels-last memory format")
+    add(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (under torchrun each process takes cuda:LOCAL_RANK)",
+    )
+    add("--workers", type=int, help="data loading processes per training process")
+    add("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
+    add(
+        "--eval-crop",
+        type=int,
+        help="sliding-window size for the final evaluation "
+        "(default: whole images for synthetic, the crop size otherwise)",
+    )
+    add("--eval-scales", type=float, nargs="+", default=[1.0], help="evaluation scales")
+    add("--eval-flip", action="store_true", help="also evaluate flipped images")
+    add("--val-limit", type=int, help="evaluate on the first N validation images only")
+    add("--log-every", type=int, default=50, help="iterations between log lines")
+    add("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
+    add("--out", type=Path, default=Path("runs/danet"), help="output folder")
+    add("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    add(
+        "--stop-at",
+        type=int,
+        help="stop after this iteration as if interrupted "
+        "(checkpoint written first): for testing --resume",
+    )
+    add("--no-pictures", action="store_true", help="skip predictions.png and attention.png")
+    args = parser.parse_args(argv)  # fmt: skip
+    for key, value in DEFAULTS[args.dataset].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.dataset != "synthetic" and args.data_root is None:
+        parser.error(f"--dataset {args.dataset} needs --data-root")
+    if args.epochs is not None and "--iters" in (argv if argv is not None else sys.argv):
+        parser.error("give --iters or --epochs, not both")
+    return args
+
+
+def setup_distributed(args: argparse.Namespace) -> tuple[int, int, torch.device]:
+    """Initialise torch.distributed under torchrun; return rank, world size and device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device(args.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world_size, device
+
+
+def setup_logging(out: Path, rank: int) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(out / "train.log"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def synthetic_validation_set(seed: int) -> SyntheticScenes:
+    """The synthetic validation scenes of a run with ``seed`` (disjoint from its training seed)."""
+    return SyntheticScenes(SYNTHETIC_VAL, SYNTHETIC_SIZE, seed=seed + 1_000_000,
+                           transform=EvalTransform())  # fmt: skip
+
+
+def build_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, tuple[str, ...]]:
+    """Training set (augmented) and validation set (normalised) of ``args.dataset``."""
+    crop = (args.crop_size, args.crop_size)
+    augment = TrainAugment(crop, args.scale_range, flip=not args.no_flip)
+    if args.dataset == "synthetic":
+        train = SyntheticScenes(SYNTHETIC_TRAIN, SYNTHETIC_SIZE, seed=args.seed)
+        val = synthetic_validation_set(args.seed)
+    else:
+        train = build_dataset(args.dataset, args.data_root, "train")
+        val = build_dataset(args.dataset, args.data_root, "val", transform=EvalTransform())
+    return SeededAugmentation(train, augment, args.seed), val, tuple(train.classes)
+
+
+def build_model(args: argparse.Namespace, num_classes: int) -> DANet:
+    model = DANet(
+        **model_config(args, num_classes),
+        pretrained_backbone=args.pretrained_backbone,
+        backbone_weights=args.backbone_weights,
+    )
+    if args.no_attention:
+        for block in (model.head.attention.pam, model.head.attention.cam):
+            block.gamma.requires_grad_(False)  # stays at its initial 0: attention adds nothing
+    return model
+
+
+def model_config(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
+    """What evaluate.py needs to rebuild the model of a checkpoint."""
+    stage = {} if args.backbone_stage is None else {"out_indices": (args.backbone_stage,)}
+    return dict(backbone=args.backbone, num_classes=num_classes, output_stride=args.output_stride,
+                multi_grid=args.multi_grid, attention_backend=args.attention_backend,
+                backbone_kwargs=stage)  # fmt: skip
+
+
+def poly_lr(iteration: int, total: int) -> float:
+    """The poly schedule's factor ``(1 - iteration / total) ^ 0.9``."""
+    return (1 - iteration / total) ** 0.9
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to a temporary file and rename it: a kill never leaves half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def evaluate(model: nn.Module, dataset: Dataset, args: argparse.Namespace, num_classes: int,
+             device: torch.device, rank: int, world_size: int) -> SegmentationMetrics:  # fmt: skip
+    """Metrics of ``model`` on ``dataset``, each process scoring every world_size-th image."""
+    metrics = SegmentationMetrics(num_classes, device=device)
+    count = len(dataset) if args.val_limit is None else min(args.val_limit, len(dataset))
+    shard = Subset(dataset, range(rank, count, world_size))
+    loader = DataLoader(shard, batch_size=1 if args.eval_crop else 16, num_workers=args.workers)
+    model.eval()
+    for images, labels in loader:
+        scores = predict_scores(
+            model, images.to(device), crop_size=args.eval_crop, scales=args.eval_scales,
+            flip=args.eval_flip,
+        )  # fmt: skip
+        metrics.update(scores.argmax(dim=1), labels.to(device))
+    metrics.all_reduce()
+    return metrics
+
+
+def train(args: argparse.Namespace) -> dict[str, Any] | None:
+    rank, world_size, device = setup_distributed(args)
+    setup_logging(args.out, rank)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    train_set, val_set, classes = build_datasets(args)
+    num_classes = len(classes)
+
+    model = build_model(args, num_classes)
+    if world_size > 1 and device.type == "cuda":
+        # torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    head_params = [p for p in model.head.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        [{"params": list(model.backbone.parameters()), "lr": args.lr},
+         {"params": head_params, "lr": args.lr * args.head_lr_mult}],
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+    )  # fmt: skip
+    net = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world_size > 1
+        else model
+    )
+    criterion = DANetLoss(aux_weights=args.aux_weights)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
+
+    sampler = ResumableSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
+                               seed=args.seed, drop_last=True)  # fmt: skip
+    loader = DataLoader(
+        train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+        drop_last=True, pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # the loader's own seed draws leave the global RNG alone
+    )  # fmt: skip
+    batches_per_epoch = len(loader)
+    if batches_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training images are fewer than one batch per process")
+    total = args.iters if args.epochs is None else args.epochs * batches_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: poly_lr(it, total))
+
+    checkpoint_path = args.out / "checkpoint.pt"
+    iteration, seconds_before = 0, 0.0
+    if args.resume:
+        if not checkpoint_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        set_rng_state(checkpoint["rng"])
+        iteration, seconds_before = checkpoint["iteration"], checkpoint["seconds"]
+        log.info("resumed from %s at iteration %d", checkpoint_path, iteration)
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "rng": rng_state(), "iteration": iteration,
+            "seconds": seconds_before + time.perf_counter() - started,
+            "model_config": model_config(args, num_classes), "classes": classes,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        }  # fmt: skip
+
+    log.info("training %s on %s for %d iterations (%d per epoch) on %s x %d, batch %d/process",
+             args.backbone, args.dataset, total, batches_per_epoch, device, world_size,
+             args.batch_size)  # fmt: skip
+    progress = _progress_bar(total, iteration, rank)
+    started = time.perf_counter()
+    net.train()
+    while iteration < total:
+        epoch, batch_in_epoch = divmod(iteration, batches_per_epoch)
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        sampler.skip = batch_in_epoch * args.batch_size  # resume mid-epoch where it stopped
+        for images, labels in loader:
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+                loss = criterion(net(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            iteration += 1
+            gammas = (model.head.attention.pam.gamma.item(), model.head.attention.cam.gamma.item())
+            _report(
+                progress, iteration, loss.item(), scheduler.get_last_lr()[0], gammas, args.log_every
+            )
+            if rank == 0 and (
+                iteration % args.checkpoint_every == 0 or iteration in (total, args.stop_at)
+            ):
+                save_checkpoint(checkpoint_path, checkpoint_state())
+            if iteration == args.stop_at:
+                log.info("stopping at iteration %d as asked (--stop-at)", iteration)
+                if world_size > 1:
+                    dist.barrier()
+                return None
+            if iteration >= total:
+                break
+    if progress is not None:
+        progress.close()
+    seconds = seconds_before + time.perf_counter() - started
+    log.info("trained %d iterations in %.0f s; evaluating", total, seconds)
+
+    metrics = evaluate(model, val_set, args, num_classes, device, rank, world_size)
+    result = None
+    if rank == 0:
+        result = {**metrics.summary(classes), "iters": total, "seconds": seconds,
+                  "dataset": args.dataset, "backbone": args.backbone,
+                  "attention": not args.no_attention, "world_size": world_size,
+                  "gammas": {"pam": model.head.attention.pam.gamma.item(),
+                             "cam": model.head.attention.cam.gamma.item()}}  # fmt: skip
+        if args.dataset == "synthetic":
+            context = [result["per_class_iou"][name] for name in CONTEXT_CLASSES]
+            result["context_miou"] = sum(context) / len(context)
+        (args.out / "metrics.json").write_text(json.dumps(result, indent=1))
+        log.info("mIoU %.4f, pixel accuracy %.4f", result["miou"], result["pixel_acc"])
+        for name, iou in result["per_class_iou"].items():
+            log.info("  %-14s %s", name, "-" if iou is None else f"{iou:.4f}")
+        if not args.no_pictures:
+            _draw_pictures(model, val_set, classes, args.out, device)
+    if world_size > 1:
+        dist.destroy_process_group()
+    return result
+
+
+def _progress_bar(total: int, start: int, rank: int):
+    if rank != 0:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the examples extra brings tqdm; without it the log lines suffice
+        return None
+    return tqdm(total=total, initial=start, dynamic_ncols=True, file=sys.stderr)
+
+
+def _report(progress, iteration: int, loss: float, lr: float, gammas: tuple[float, float],
+            log_every: int) -> None:  # fmt: skip
+    status = dict(loss=f"{loss:.3f}", lr=f"{lr:.2e}", pam_gamma=f"{gammas[0]:.3f}",
+                  cam_gamma=f"{gammas[1]:.3f}")  # fmt: skip
+    if progress is not None:
+        progress.set_postfix(status, refresh=False)
+        progress.update(1)
+    if iteration % log_every == 0:
+        log.info("iter %d %s", iteration, " ".join(f"{k} {v}" for k, v in status.items()))
+
+
+def _draw_pictures(model: DANet, val_set: Dataset, classes: tuple[str, ...], out: Path,
+                   device: torch.device) -> None:  # fmt: skip
+    try:
+        from examples.visualize_attention import (
+            draw_attention,
+            draw_predictions,
+            points_on_classes,
+        )
+    except ImportError as error:  # matplotlib comes with the examples extra
+        log.info("no pictures: %s", error)
+        return
+    images = torch.stack([val_set[i][0] for i in range(4)]).to(device)
+    labels = torch.stack([val_set[i][1] for i in range(4)])
+    draw_predictions(model, images, labels, classes, out / "predictions.png")
+    # Query points on the context classes first (vehicles in the synthetic scenes), then others.
+    context = [classes.index(name) for name in CONTEXT_CLASSES if name in classes]
+    order = context + [c for c in range(len(classes)) if c not in context]
+    draw_attention(model, images[0], out / "attention.png", points_on_classes(labels[0], order))
+    log.info("wrote %s and %s", out / "predictions.png", out / "attention.png")
+
+
+if __name__ == "__main__":
+    train(parse_args())
