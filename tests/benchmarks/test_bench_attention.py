@@ -1,18 +1,17 @@
 """benchmarks/bench_attention.py at a tiny size: its outputs and the agreement of its backends."""
 
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.benchmarks import scripts
 from tests.reference import relative_error
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attention.py"
+SCRIPT = scripts.BENCHMARKS / "bench_attention.py"
 CASE_FIELDS = {
     "block", "backend", "chunk_size", "dtype", "mode", "positions", "height", "width",
     "channels", "batch", "device", "status", "detail", "ran_backend", "seconds", "repeats",
@@ -21,13 +20,7 @@ CASE_FIELDS = {
 
 
 def load_script():
-    if "bench_attention" in sys.modules:
-        return sys.modules["bench_attention"]
-    spec = importlib.util.spec_from_file_location("bench_attention", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_attention"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("bench_attention")
 
 
 @pytest.fixture(scope="module")

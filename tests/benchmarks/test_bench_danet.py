@@ -1,23 +1,14 @@
 """benchmarks/bench_danet.py: size parsing and the largest-image summary (no model is run)."""
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_danet.py"
+from tests.benchmarks import scripts
 
 
 def load_script():
-    if "bench_danet" in sys.modules:
-        return sys.modules["bench_danet"]
-    spec = importlib.util.spec_from_file_location("bench_danet", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_danet"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("bench_danet")
 
 
 def test_parse_size():
