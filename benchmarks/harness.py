@@ -197,7 +197,11 @@ def measure_ceilings(device: str, dtypes: list[str]) -> dict[str, float]:
 
 
 def free_memory_bytes() -> int:
-    """Physical memory free on this machine now."""
+    """Memory available to a new allocation now: Linux's MemAvailable (free + reclaimable cache)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
