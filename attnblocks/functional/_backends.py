@@ -9,6 +9,7 @@ environment variable), else by a rule on device, dtype, size and free memory.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import threading
 from collections.abc import Iterator
@@ -28,7 +29,11 @@ CHANNEL_BACKENDS: tuple[str, ...] = ("auto", "bmm")
 #: Environment variable that sets what ``"auto"`` means for position attention.
 BACKEND_ENV_VAR = "ATTNBLOCKS_BACKEND"
 
-_override: str | None = None
+_override: str | None = None  # process-wide, from set_attention_backend
+# Scoped, from the attention_backend context manager: a ContextVar keeps threads apart.
+_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "attention_backend", default=None
+)
 _record = threading.local()
 
 
@@ -68,22 +73,30 @@ def set_attention_backend(backend: str | None) -> None:
 
 @contextlib.contextmanager
 def attention_backend(backend: str | None) -> Iterator[None]:
-    """Context manager form of :func:`set_attention_backend`; restores the previous setting.
+    """Make ``"auto"`` mean ``backend`` inside a ``with`` block (this thread or task only).
+
+    Takes precedence over :func:`set_attention_backend` and the environment variable
+    while the block runs; ``None`` or ``"auto"`` lets the automatic rule decide there.
 
     Args:
         backend: one of :data:`POSITION_BACKENDS`, or None.
     """
-    previous = _override
-    set_attention_backend(backend)
+    if backend is not None:
+        check_backend(backend, POSITION_BACKENDS)
+    token = _scoped.set("auto" if backend is None else backend)
     try:
         yield
     finally:
-        set_attention_backend(previous)
+        _scoped.reset(token)
 
 
 def get_attention_backend() -> str | None:
-    """What ``"auto"`` is overridden with: :func:`set_attention_backend`, else
-    ``$ATTNBLOCKS_BACKEND``, else None (the automatic rule decides)."""
+    """What ``"auto"`` is overridden with: an enclosing :func:`attention_backend` block, else
+    :func:`set_attention_backend`, else ``$ATTNBLOCKS_BACKEND``, else None (the automatic
+    rule decides)."""
+    scoped = _scoped.get()
+    if scoped is not None:
+        return None if scoped == "auto" else scoped
     if _override is not None:
         return _override
     name = os.environ.get(BACKEND_ENV_VAR, "").strip()

@@ -35,6 +35,7 @@ from ._sdpa import sdpa_position_attention
 _TOKEN_AXES = ("batch", "positions", "features")
 #: ``"auto"`` uses bmm while one ``N_q x N_k`` attention matrix takes at most this many bytes.
 BMM_MAX_MATRIX_BYTES = 64 * 2**20
+_AUTOMATIC_CHOICES: dict[tuple, str] = {}  # "auto"'s decision per (device, dtype, B, N_q, N_k)
 
 
 def _check_query_key(query: Tensor, key: Tensor) -> None:
@@ -79,7 +80,9 @@ def _free_memory(device: torch.device) -> int | None:
     if torch.compiler.is_compiling():
         return None
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        # Memory torch's caching allocator holds but does not use is free for our tensors too.
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     if device.type == "cpu":
         try:  # Linux: free memory plus the page cache it can reclaim
             with open("/proc/meminfo") as meminfo:
@@ -96,7 +99,19 @@ def _free_memory(device: torch.device) -> int | None:
 
 
 def _automatic_backend(query: Tensor, key: Tensor) -> str:
-    """bmm while its N_q x N_k matrices are small and fit, else a memory-efficient backend."""
+    """bmm while its N_q x N_k matrices are small and fit, else a memory-efficient backend.
+
+    Decided once per device, dtype and shape, so that a training run does not switch
+    backends from one step to the next as free memory moves.
+    """
+    shape_key = (query.device, query.dtype, query.shape[0], query.shape[1], key.shape[1])
+    choice = _AUTOMATIC_CHOICES.get(shape_key)
+    if choice is None:
+        choice = _AUTOMATIC_CHOICES[shape_key] = _choose_automatically(query, key)
+    return choice
+
+
+def _choose_automatically(query: Tensor, key: Tensor) -> str:
     itemsize = torch.empty((), dtype=attention_dtype(query.dtype)).element_size()
     matrix_bytes = query.shape[0] * query.shape[1] * key.shape[1] * itemsize
     free = _free_memory(query.device)
@@ -115,8 +130,9 @@ def select_position_backend(query: Tensor, key: Tensor, backend: PositionBackend
     (:func:`set_attention_backend`, ``$ATTNBLOCKS_BACKEND``) when one is set, else
     ``"bmm"`` while the ``N_q x N_k`` matrix takes at most
     :data:`BMM_MAX_MATRIX_BYTES` and fits in free memory, else ``"sdpa"`` on CUDA and
-    ``"chunked"`` elsewhere. A ``"sdpa"`` call that no fused kernel accepts still
-    falls back to ``"chunked"`` (see :func:`last_attention_backend`).
+    ``"chunked"`` elsewhere; that decision is made once per device, dtype and shape.
+    A ``"sdpa"`` call that no fused kernel accepts still falls back to ``"chunked"``
+    (see :func:`last_attention_backend`).
 
     Args:
         query: ``(B, N_q, D)`` query features.
@@ -142,7 +158,8 @@ def position_attention(
     All backends compute the same function (to float rounding), with gradients:
 
     - ``"bmm"``: the full ``N_q x N_k`` matrix, exactly the authors' computation.
-    - ``"chunked"``: query chunks, ``O(N * chunk)`` memory in forward and backward.
+    - ``"chunked"``: query chunks, ``O(N * chunk)`` memory in forward and backward
+      (first-order gradients only: no double backward).
     - ``"sdpa"``: torch's fused ``scaled_dot_product_attention`` (never its MATH
       kernel); falls back to ``"chunked"`` with a warning when no fused kernel fits.
     - ``"auto"``: see :func:`select_position_backend`.
@@ -177,8 +194,10 @@ def position_attention(
         if out is None:
             if name == "sdpa":
                 warnings.warn(
-                    f"no fused scaled_dot_product_attention kernel accepts {dtype} inputs on "
-                    f"{query.device.type}; using the 'chunked' backend instead",
+                    f"no fused scaled_dot_product_attention kernel accepts these inputs "
+                    f"({dtype}, query {tuple(query.shape)}, value {tuple(value.shape)} on "
+                    f"{query.device.type}, torch {torch.__version__}); using the 'chunked' "
+                    "backend instead",
                     stacklevel=2,
                 )
                 name = "chunked"

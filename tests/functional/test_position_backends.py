@@ -152,11 +152,28 @@ def test_auto_uses_bmm_for_small_maps_and_chunked_for_large_ones_on_cpu(monkeypa
     position_attention(query, key, value)
     assert last_attention_backend() == "bmm"
     # 64 x 64 float32 scores are 16 KiB: above a lowered threshold, or short of memory -> chunked.
+    monkeypatch.setattr(position, "_AUTOMATIC_CHOICES", {})
     monkeypatch.setattr(position, "BMM_MAX_MATRIX_BYTES", 8 * 1024)
     assert select_position_backend(query, key) == "chunked"
     monkeypatch.undo()
+    monkeypatch.setattr(position, "_AUTOMATIC_CHOICES", {})
     monkeypatch.setattr(position, "_free_memory", lambda device: 32 * 1024)
     assert select_position_backend(query, key) == "chunked"
+    # Decided once per shape: memory coming back does not flip the choice mid-run.
+    monkeypatch.setattr(position, "_free_memory", lambda device: 2**40)
+    assert select_position_backend(query, key) == "chunked"
+
+
+def test_scoped_override_stays_in_its_thread():
+    import threading
+
+    seen = {}
+    with attention_backend("chunked"):
+        worker = threading.Thread(target=lambda: seen.update(inner=get_attention_backend()))
+        worker.start()
+        worker.join()
+        assert get_attention_backend() == "chunked"
+    assert seen["inner"] is None  # the block's setting did not leak into another thread
 
 
 def test_global_override_and_environment_variable(monkeypatch):
