@@ -26,8 +26,11 @@ from ..functional.position import position_attention, position_attention_weights
 
 def _project(conv: nn.Conv2d, x: Tensor, dtype: torch.dtype) -> Tensor:
     """Apply a 1x1 ``conv`` in ``dtype``, whatever autocast and the conv's own dtype say."""
-    bias = None if conv.bias is None else conv.bias.to(dtype)
     with autocast_disabled(x.device):
+        if conv.weight.dtype == dtype:
+            return conv(x.to(dtype))  # the module itself, so its hooks run
+        # Half-precision weights (model.half()): use them in float32 for the energies.
+        bias = None if conv.bias is None else conv.bias.to(dtype)
         return F.conv2d(x.to(dtype), conv.weight.to(dtype), bias)
 
 
