@@ -112,3 +112,13 @@ def test_unexpected_keys_are_listed(original_resnet50):
 def test_wrong_configuration_reports_shape_mismatches(original_resnet50):
     with pytest.raises(ValueError, match=r"shape mismatches: \['head.fused_classifier.conv.weight"):
         DANet.from_original(original_resnet50, backbone="resnet50", num_classes=21)
+
+
+class Trainer:
+    """An arbitrary object, as some training scripts pickle into their checkpoints."""
+
+
+def test_checkpoint_with_non_tensor_objects_gets_a_clear_error(tmp_path, original_resnet50):
+    torch.save({"state_dict": original_resnet50, "trainer": Trainer()}, tmp_path / "danet.pth")
+    with pytest.raises(ValueError, match=r"holds objects besides tensors.*weights_only=False"):
+        build(tmp_path / "danet.pth")

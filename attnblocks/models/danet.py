@@ -6,6 +6,7 @@ https://arxiv.org/abs/1809.02983
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,9 +148,19 @@ class DANet(nn.Module):
         kwargs.setdefault("output_stride", 8)
         model = cls(backbone, num_classes, multi_grid=multi_grid, **kwargs)
         if isinstance(path_or_state_dict, (str, Path)):
-            # weights_only: tensors and plain containers only, nothing executed on load.
-            path_or_state_dict = torch.load(
-                path_or_state_dict, map_location="cpu", weights_only=True
-            )
+            path_or_state_dict = _load_checkpoint_file(Path(path_or_state_dict))
         load_original_state_dict(model, path_or_state_dict)
         return model
+
+
+def _load_checkpoint_file(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers, nothing executed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} holds objects besides tensors (numpy scalars in the authors' "
+            "{'best_pred': ...}, say), which weights_only loading refuses. If you trust the "
+            "file, load it yourself with torch.load(path, map_location='cpu', "
+            "weights_only=False) and pass the result to DANet.from_original."
+        ) from error
