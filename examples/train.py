@@ -8,7 +8,7 @@ with the head at ``--head-lr-mult`` times the base rate, random scale, random cr
 (padded with the ignore label), horizontal flip, ImageNet normalisation, and
 cross-entropy on the fused output and on both attention branches.
 
-One process (the demo; about 8 minutes on 2 CPU cores)::
+One process (the demo; about 5 minutes on 2 CPU cores)::
 
     python examples/train.py
 
@@ -174,13 +174,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--no-pictures", action="store_true", help="skip predictions.png and attention.png")
     args = parser.parse_args(argv)  # fmt: skip
+    if args.iters is not None and args.epochs is not None:
+        parser.error("give --iters or --epochs, not both")
+    length_given = args.iters is not None or args.epochs is not None
     for key, value in DEFAULTS[args.dataset].items():
+        if key in ("iters", "epochs") and length_given:
+            continue  # the length the user asked for replaces the dataset's default length
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.dataset != "synthetic" and args.data_root is None:
         parser.error(f"--dataset {args.dataset} needs --data-root")
-    if args.epochs is not None and "--iters" in (argv if argv is not None else sys.argv):
-        parser.error("give --iters or --epochs, not both")
     return args
 
 
@@ -261,23 +264,33 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random states: CPU torch, numpy, Python, and its own GPU's."""
     state = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())  # RNG states must be CPU byte tensors
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def all_rng_states(device: torch.device, world_size: int) -> list[dict[str, Any]]:
+    """Every process's :func:`rng_state`, indexed by rank (each GPU has its own stream)."""
+    if world_size == 1:
+        return [rng_state(device)]
+    states: list[Any] = [None] * world_size
+    dist.all_gather_object(states, rng_state(device))
+    return states
 
 
 def evaluate(model: nn.Module, dataset: Dataset, args: argparse.Namespace, num_classes: int,
@@ -346,12 +359,19 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.resume:
         if not checkpoint_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        # Loaded on the CPU: RNG states must stay there; the rest follows the parameters.
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        scheduler.load_state_dict(checkpoint["scheduler"])  # its schedule wins over a new --lr
         scaler.load_state_dict(checkpoint["scaler"])
-        set_rng_state(checkpoint["rng"])
+        states = checkpoint["rng"]
+        if len(states) != world_size:
+            raise ValueError(
+                f"the checkpoint was written by {len(states)} processes; resume it with as many, "
+                f"not {world_size}"
+            )
+        set_rng_state(states[rank], device)
         iteration, seconds_before = checkpoint["iteration"], checkpoint["seconds"]
         log.info("resumed from %s at iteration %d", checkpoint_path, iteration)
 
@@ -359,7 +379,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng_state(), "iteration": iteration,
+            "rng": all_rng_states(device, world_size), "iteration": iteration,
             "seconds": seconds_before + time.perf_counter() - started,
             "model_config": model_config(args, num_classes), "classes": classes,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -391,14 +411,17 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             _report(
                 progress, iteration, loss.item(), scheduler.get_last_lr()[0], gammas, args.log_every
             )
-            if rank == 0 and (
-                iteration % args.checkpoint_every == 0 or iteration in (total, args.stop_at)
-            ):
-                save_checkpoint(checkpoint_path, checkpoint_state())
+            if iteration % args.checkpoint_every == 0 or iteration in (total, args.stop_at):
+                state = checkpoint_state()  # every process takes part: RNG states are gathered
+                if rank == 0:
+                    save_checkpoint(checkpoint_path, state)
             if iteration == args.stop_at:
                 log.info("stopping at iteration %d as asked (--stop-at)", iteration)
+                if progress is not None:
+                    progress.close()
                 if world_size > 1:
                     dist.barrier()
+                    dist.destroy_process_group()
                 return None
             if iteration >= total:
                 break

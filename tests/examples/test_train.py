@@ -109,3 +109,14 @@ def test_visualize_attention_cli(trained, tmp_path):
     visualize_attention.main(["--checkpoint", str(trained / "checkpoint.pt"), "--points", "10,10",
                               "40,50", "--out", str(out)])  # fmt: skip
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_iters_replace_the_default_epochs_of_real_datasets():
+    args = train.parse_args(["--dataset", "cityscapes", "--data-root", "data", "--iters", "10"])
+    assert args.iters == 10 and args.epochs is None
+    args = train.parse_args(["--dataset", "cityscapes", "--data-root", "data"])
+    assert args.epochs == 240 and args.iters is None
+    args = train.parse_args(["--epochs", "3"])  # synthetic
+    assert args.epochs == 3 and args.iters is None
+    with pytest.raises(SystemExit):
+        train.parse_args(["--iters", "5", "--epochs", "3"])
