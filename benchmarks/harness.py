@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from attnblocks.functional.position import _free_memory  # the one reading of free memory
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CPU_MEMORY_METHOD = "VmHWM of a forked process per case"
 CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated"
@@ -197,12 +199,8 @@ def measure_ceilings(device: str, dtypes: list[str]) -> dict[str, float]:
 
 
 def free_memory_bytes() -> int:
-    """Memory available to a new allocation now: Linux's MemAvailable (free + reclaimable cache)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    """Memory available to a new allocation now (Linux: MemAvailable), as "auto" measures it."""
+    return _free_memory(torch.device("cpu"))
 
 
 def device_name(device: str) -> str:
