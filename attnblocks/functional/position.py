@@ -48,8 +48,21 @@ def _check_query_key(query: Tensor, key: Tensor) -> None:
         )
 
 
-def position_attention_weights(query: Tensor, key: Tensor) -> Tensor:
-    """The attention matrix ``softmax(query @ key^T)``, normalised over key positions.
+def _check_scale(scale: float | None) -> float | None:
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ValueError(f"scale must be a positive number or None, got {scale!r}")
+    return None if scale == 1 else float(scale)
+
+
+def _scaled(query: Tensor, scale: float | None) -> Tensor:
+    # Scaling the queries scales every energy q . k alike, whichever backend computes them.
+    return query if scale is None else query * scale
+
+
+def position_attention_weights(query: Tensor, key: Tensor, *, scale: float | None = None) -> Tensor:
+    """The attention matrix ``softmax(scale * query @ key^T)``, normalised over key positions.
 
     This is the full ``N_q x N_k`` matrix (what the authors' code builds); use it
     for small maps and for inspection, not at full image resolution.
@@ -57,20 +70,26 @@ def position_attention_weights(query: Tensor, key: Tensor) -> Tensor:
     Args:
         query: ``(B, N_q, D)`` query features.
         key: ``(B, N_k, D)`` key features.
+        scale: factor on the energies; None (PAM, as the authors) means no scaling,
+            ``D ** -0.5`` gives scaled dot-product attention (non-local's ``use_scale``).
 
     Returns:
         ``(B, N_q, N_k)`` weights whose rows sum to 1, in float32 for float16/bfloat16
         inputs (the unscaled energies overflow float16), in the input dtype otherwise.
     """
     _check_query_key(query, key)
+    scale = _check_scale(scale)
     dtype = attention_dtype(torch.promote_types(query.dtype, key.dtype))
     with autocast_disabled(query.device):
-        energy = torch.bmm(query.to(dtype), key.to(dtype).transpose(1, 2))  # (B, N_q, N_k)
+        query = _scaled(query.to(dtype), scale)
+        energy = torch.bmm(query, key.to(dtype).transpose(1, 2))  # (B, N_q, N_k)
         return energy.softmax(dim=-1)  # over key positions: each query's row sums to 1
 
 
-def _position_attention_bmm(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-    weights = position_attention_weights(query, key)  # (B, N_q, N_k)
+def _position_attention_bmm(
+    query: Tensor, key: Tensor, value: Tensor, scale: float | None
+) -> Tensor:
+    weights = position_attention_weights(query, key, scale=scale)  # (B, N_q, N_k)
     # The value path runs in the value's dtype: probabilities in [0, 1] are safe in half precision.
     return torch.bmm(weights.to(value.dtype), value)  # (B, N_q, D_v)
 
@@ -152,8 +171,9 @@ def position_attention(
     *,
     backend: PositionBackend = "auto",
     chunk_size: int | None = None,
+    scale: float | None = None,
 ) -> Tensor:
-    """``softmax(query @ key^T) @ value``, without scaling, by the chosen backend.
+    """``softmax(scale * query @ key^T) @ value`` by the chosen backend; no scaling by default.
 
     All backends compute the same function (to float rounding), with gradients:
 
@@ -171,12 +191,15 @@ def position_attention(
         backend: one of :data:`POSITION_BACKENDS`.
         chunk_size: query positions per chunk of ``"chunked"``; None derives it from
             a memory budget (:func:`chunk_size_for_memory`). Ignored by the others.
+        scale: factor on the energies; None (the default, PAM as the authors wrote it)
+            means none, ``D ** -0.5`` gives scaled dot-product attention.
 
     Returns:
         ``(B, N_q, D_v)`` attended values in the value's dtype. Energies and softmax
         run in at least float32, also under ``torch.autocast``.
     """
     check_chunk_size(chunk_size)
+    scale = _check_scale(scale)
     _check_query_key(query, key)
     check_float_tensor("value", value, _TOKEN_AXES)
     if value.shape[:2] != key.shape[:2]:
@@ -186,10 +209,10 @@ def position_attention(
         )
     name = select_position_backend(query, key, backend)
     if name == "bmm":
-        out = _position_attention_bmm(query, key, value)
+        out = _position_attention_bmm(query, key, value, scale)
     else:
         dtype = attention_dtype(torch.promote_types(query.dtype, key.dtype))
-        query, key = query.to(dtype), key.to(dtype)
+        query, key = _scaled(query.to(dtype), scale), key.to(dtype)
         out = sdpa_position_attention(query, key, value) if name == "sdpa" else None
         if out is None:
             if name == "sdpa":

@@ -13,9 +13,9 @@ from tests.reference import relative_error
 CONCRETE_BACKENDS = [name for name in POSITION_BACKENDS if name != "auto"]
 
 
-def float64_attention(query, key, value):
-    """softmax(q k^T) v in float64 with an explicit, max-shifted exp/sum softmax."""
-    energy = torch.einsum("bid,bjd->bij", query.double(), key.double())
+def float64_attention(query, key, value, scale=1.0):
+    """softmax(scale q k^T) v in float64 with an explicit, max-shifted exp/sum softmax."""
+    energy = scale * torch.einsum("bid,bjd->bij", query.double(), key.double())
     energy = energy - energy.amax(dim=-1, keepdim=True)
     weights = energy.exp() / energy.exp().sum(dim=-1, keepdim=True)
     return weights @ value.double()
@@ -54,6 +54,36 @@ def test_no_scaling_of_energies():
     weights = position_attention_weights(query, key)
     expected = torch.softmax(torch.tensor([16.0, 0.0]), dim=0)
     torch.testing.assert_close(weights[0, 0], expected)
+
+
+@pytest.mark.parametrize("backend", POSITION_BACKENDS)
+def test_scale_multiplies_the_energies(backend):
+    query, key, value = random_qkv(positions=45, key_dim=8)
+    scale = 8**-0.5
+    out = position_attention(query, key, value, backend=backend, scale=scale, chunk_size=16)
+    expected = float64_attention(query, key, value, scale=scale)
+    assert relative_error(out, expected) < 1e-5
+    assert relative_error(out, float64_attention(query, key, value)) > 1e-2  # scale did act
+    weights = position_attention_weights(query, key, scale=scale)
+    assert relative_error(weights @ value, expected) < 1e-5
+
+
+@pytest.mark.parametrize("backend", CONCRETE_BACKENDS)
+def test_scale_gradients_match_bmm(backend):
+    inputs = [t.requires_grad_() for t in random_qkv(positions=23)]
+    grads = {}
+    for name in ("bmm", backend):
+        out = position_attention(*inputs, backend=name, scale=0.3, chunk_size=8)
+        grads[name] = torch.autograd.grad(out.square().sum(), inputs)
+    for ours, reference in zip(grads[backend], grads["bmm"]):
+        assert relative_error(ours, reference) < 1e-5
+
+
+@pytest.mark.parametrize("scale", [0, -1.0, float("nan"), True, "0.5"])
+def test_bad_scale(scale):
+    query, key, value = random_qkv()
+    with pytest.raises(ValueError, match="scale must be a positive number or None"):
+        position_attention(query, key, value, scale=scale)
 
 
 def test_queries_and_keys_may_differ_in_count():
