@@ -10,6 +10,7 @@ from ._backends import (
     set_attention_backend,
 )
 from ._chunked import DEFAULT_CHUNK_MEMORY, chunk_size_for_memory
+from ._precision import low_precision_is_faster
 from .channel import CHANNEL_MODES, channel_attention, channel_attention_weights
 from .position import (
     BMM_MAX_MATRIX_BYTES,
@@ -31,6 +32,7 @@ __all__ = [
     "chunk_size_for_memory",
     "get_attention_backend",
     "last_attention_backend",
+    "low_precision_is_faster",
     "position_attention",
     "position_attention_weights",
     "select_position_backend",

@@ -110,6 +110,11 @@ def get_attention_backend() -> str | None:
     return name
 
 
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will want gradients of any of ``tensors`` (training, not inference)."""
+    return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
+
+
 def record_backend(backend: str) -> None:
     """Remember the backend that ran the last position attention call of this thread."""
     if not torch.compiler.is_compiling():  # a Python side effect has no place in a compiled graph

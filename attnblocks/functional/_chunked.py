@@ -25,21 +25,32 @@ _MIN_CHUNK = 16
 
 
 def chunk_size_for_memory(
-    batch: int, key_positions: int, dtype: torch.dtype, memory_bytes: int = DEFAULT_CHUNK_MEMORY
+    batch: int,
+    key_positions: int,
+    dtype: torch.dtype,
+    memory_bytes: int = DEFAULT_CHUNK_MEMORY,
+    *,
+    value_dtype: torch.dtype | None = None,
 ) -> int:
-    """The largest query chunk whose two live score blocks fit in ``memory_bytes``.
+    """The largest query chunk whose live score blocks fit in ``memory_bytes``.
 
-    Backward holds two ``(batch, chunk, key_positions)`` blocks at once (the
-    probabilities and their gradient); forward holds one.
+    Backward holds two ``(batch, chunk, key_positions)`` blocks of ``dtype`` at once
+    (the probabilities and their gradient), plus one of ``value_dtype`` when the value
+    path runs in a lower precision (the rounded probabilities, then their gradient);
+    forward holds fewer.
 
     Args:
         batch: batch size ``B``.
         key_positions: number of key positions ``N_k``.
         dtype: dtype the scores are computed in.
         memory_bytes: memory the score blocks may take.
+        value_dtype: dtype of the value-path matmuls; None or ``dtype``: the same.
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
-    per_query = 2 * max(batch, 1) * max(key_positions, 1) * itemsize
+    row_bytes = 2 * itemsize
+    if value_dtype is not None and value_dtype != dtype:
+        row_bytes += torch.empty((), dtype=value_dtype).element_size()
+    per_query = max(batch, 1) * max(key_positions, 1) * row_bytes
     return max(_MIN_CHUNK, memory_bytes // per_query)
 
 
@@ -52,7 +63,7 @@ class _BlockBuffer:
     """One reusable ``(B, chunk, N_k)`` block of scores, so the loop allocates it once.
 
     A fresh block per chunk would also leave the previous one alive until its name is
-    rebound, doubling the peak.
+    rebound, doubling the peak. The buffer takes the dtype of ``like``.
     """
 
     def __init__(self, like: Tensor, key_positions: int, chunk_size: int) -> None:
@@ -68,17 +79,26 @@ class _BlockBuffer:
 
 
 class _ChunkedPositionAttention(torch.autograd.Function):
-    """softmax(q k^T) v over query chunks; all inputs share one dtype (the compute dtype)."""
+    """softmax(q k^T) v over query chunks.
+
+    ``query`` and ``key`` share the compute dtype (float32 or float64): energies, softmax,
+    its row statistics and the score gradients ``dS``, ``dQ``, ``dK`` run in it. ``value``
+    sets the value path's dtype: the compute dtype, or float16/bfloat16 for mixed
+    precision, where the probabilities are rounded to it for ``P V`` and backward runs
+    ``dV = P^T dO`` and ``dP = dO V^T`` in it, as the naive computation under autocast does.
+    """
 
     @staticmethod
     def forward(
         ctx: FunctionCtx, query: Tensor, key: Tensor, value: Tensor, chunk_size: int
     ) -> Tensor:
         batch, query_positions, _ = query.shape
+        mixed = value.dtype != query.dtype
         out = value.new_empty(batch, query_positions, value.shape[-1])
         log_sum_exp = query.new_empty(batch, query_positions)
         key_t = key.transpose(1, 2)  # (B, D, N_k)
         scores = _BlockBuffer(query, key.shape[1], chunk_size)
+        rounded = _BlockBuffer(value, key.shape[1], chunk_size) if mixed else None
         # no_grad: eager autograd already runs forward without grad, tracers (torch.export) may not.
         with torch.no_grad(), autocast_disabled(query.device):
             for rows in _chunks(query_positions, chunk_size):
@@ -86,7 +106,12 @@ class _ChunkedPositionAttention(torch.autograd.Function):
                 row_max = probs.amax(dim=-1, keepdim=True)
                 probs.sub_(row_max).exp_()  # unnormalised probabilities, in place
                 row_sum = probs.sum(dim=-1, keepdim=True)
-                out[:, rows] = torch.bmm(probs, value).div_(row_sum)
+                if rounded is not None:
+                    # Normalise and round to the value dtype in one pass, like bmm's weights.to().
+                    weights = torch.div(probs, row_sum, out=rounded.block(rows))
+                    out[:, rows] = torch.bmm(weights, value)
+                else:
+                    out[:, rows] = torch.bmm(probs, value).div_(row_sum)
                 log_sum_exp[:, rows] = (row_max + row_sum.log()).squeeze(-1)
         ctx.chunk_size = chunk_size
         ctx.save_for_backward(query, key, value, out, log_sum_exp)
@@ -97,48 +122,76 @@ class _ChunkedPositionAttention(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         query, key, value, out, log_sum_exp = ctx.saved_tensors
         need_query, need_key, need_value = ctx.needs_input_grad[:3]
+        mixed = value.dtype != query.dtype
         grad_out = grad_out.to(out.dtype)
         grad_query = torch.empty_like(query) if need_query else None
         grad_key = torch.zeros_like(key) if need_key else None
-        grad_value = torch.zeros_like(value) if need_value else None
+        # dV sums over every chunk: accumulate in the compute dtype, not in half precision.
+        grad_value = torch.zeros_like(value, dtype=query.dtype) if need_value else None
+        value_part = torch.empty_like(value) if need_value and mixed else None
         key_t, value_t = key.transpose(1, 2), value.transpose(1, 2)
         probs_buffer = _BlockBuffer(query, key.shape[1], ctx.chunk_size)
         grad_scores_buffer = _BlockBuffer(query, key.shape[1], ctx.chunk_size)
+        rounded = _BlockBuffer(value, key.shape[1], ctx.chunk_size) if mixed else None
         with autocast_disabled(query.device):
             for rows in _chunks(query.shape[1], ctx.chunk_size):
                 probs = torch.bmm(query[:, rows], key_t, out=probs_buffer.block(rows))  # scores...
                 probs.sub_(log_sum_exp[:, rows, None]).exp_()  # ... recomputed into P in place
                 grad_out_rows = grad_out[:, rows]
-                if need_value:
+                if need_value and value_part is not None:
+                    probs_rounded = rounded.block(rows).copy_(probs)  # P as the forward used it
+                    grad_value += torch.bmm(
+                        probs_rounded.transpose(1, 2), grad_out_rows, out=value_part
+                    )
+                elif need_value:
                     grad_value.baddbmm_(probs.transpose(1, 2), grad_out_rows)  # dV += P^T dO
                 if not (need_query or need_key):
                     continue
-                # Row-wise dO . O = sum_j P_ij dP_ij: the softmax backward's correction term.
-                delta = (grad_out_rows * out[:, rows]).sum(dim=-1, keepdim=True)  # (B, chunk, 1)
-                grad_scores = torch.bmm(grad_out_rows, value_t, out=grad_scores_buffer.block(rows))
-                grad_scores.sub_(delta).mul_(probs)  # dS = P * (dP - delta), from dP = dO V^T
+                grad_scores = grad_scores_buffer.block(rows)
+                if rounded is not None:
+                    # dS = P * dP - P * delta with delta = sum_j P_ij dP_ij taken from the rounded
+                    # dP itself: then each row of dS sums to 0 as it must. delta = dO . O (below)
+                    # would differ from it by O's and dP's rounding, and that error, spread over
+                    # the row, leaks the keys' mean into dQ and a false gradient into a key bias.
+                    grad_probs = torch.bmm(grad_out_rows, value_t, out=rounded.block(rows))
+                    torch.mul(probs, grad_probs, out=grad_scores)  # P * dP, in the compute dtype
+                    delta = grad_scores.sum(dim=-1, keepdim=True)  # (B, chunk, 1)
+                    grad_scores.addcmul_(probs, delta, value=-1)
+                else:
+                    # Row-wise dO . O = sum_j P_ij dP_ij: the softmax backward's correction term.
+                    delta = (grad_out_rows * out[:, rows]).sum(
+                        dim=-1, keepdim=True
+                    )  # (B, chunk, 1)
+                    torch.bmm(grad_out_rows, value_t, out=grad_scores).sub_(delta)
+                    grad_scores.mul_(probs)  # dS = P * (dP - delta), from dP = dO V^T
                 if need_query:
                     grad_query[:, rows] = torch.bmm(grad_scores, key)  # dQ = dS K
                 if need_key:
                     grad_key.baddbmm_(grad_scores.transpose(1, 2), query[:, rows])  # dK += dS^T Q
+        if grad_value is not None:
+            grad_value = grad_value.to(value.dtype)
         return grad_query, grad_key, grad_value, None
 
 
 def chunked_position_attention(
     query: Tensor, key: Tensor, value: Tensor, chunk_size: int | None
 ) -> Tensor:
-    """softmax(q k^T) v computed chunk by chunk, in the compute dtype of ``query``.
+    """softmax(q k^T) v computed chunk by chunk.
 
     Args:
-        query: ``(B, N_q, D)``; its dtype is the compute dtype.
+        query: ``(B, N_q, D)``; its dtype (float32 or float64) is the compute dtype of
+            energies, softmax and score gradients.
         key: ``(B, N_k, D)``, same dtype as ``query``.
-        value: ``(B, N_k, D_v)``, cast to the compute dtype here.
+        value: ``(B, N_k, D_v)``; its dtype is the value path's: the compute dtype, or
+            float16/bfloat16 for mixed precision (see :class:`_ChunkedPositionAttention`).
         chunk_size: query positions per chunk; None derives it from
             :data:`DEFAULT_CHUNK_MEMORY`.
 
     Returns:
-        ``(B, N_q, D_v)`` in the compute dtype.
+        ``(B, N_q, D_v)`` in the value's dtype.
     """
     if chunk_size is None:
-        chunk_size = chunk_size_for_memory(query.shape[0], key.shape[1], query.dtype)
-    return _ChunkedPositionAttention.apply(query, key, value.to(query.dtype), chunk_size)
+        chunk_size = chunk_size_for_memory(
+            query.shape[0], key.shape[1], query.dtype, value_dtype=value.dtype
+        )
+    return _ChunkedPositionAttention.apply(query, key, value, chunk_size)

@@ -1,18 +1,29 @@
 """Precision rules shared by the attention functions.
 
 PAM energies are unscaled dot products and CAM energies sum over every position,
-so both overflow float16 (max 65504) long before the softmax sees them. The rule
-here: energies and softmax run in at least float32, whatever the input dtype and
-whether or not ``torch.autocast`` is active.
+so both overflow float16 (max 65504) long before the softmax sees them. The rules here:
+
+- energies and softmax run in at least float32, whatever the input dtype and whether
+  or not ``torch.autocast`` is active (:func:`attention_dtype`);
+- the big matmuls of the value path (``P V`` forward, ``P^T dO`` and ``dO V^T``
+  backward) run in the low-precision dtype of the call (the autocast dtype, or the
+  value's own float16/bfloat16) where the device multiplies that dtype faster than
+  float32, as the naive computation does under autocast; on a device where it is
+  slower (a CPU without bfloat16/float16 matrix instructions) they run in float32,
+  which is both faster and more exact there (:func:`value_path_dtype`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
+from torch import Tensor
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+# Whether a low-precision matmul beats float32, measured once per (device, dtype).
+_LOW_PRECISION_IS_FASTER: dict[tuple[str, torch.dtype], bool] = {}
 
 
 def attention_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -25,7 +36,7 @@ def attention_dtype(dtype: torch.dtype) -> torch.dtype:
         ``torch.float32`` for float16/bfloat16 inputs, ``dtype`` itself otherwise
         (float32 stays float32, float64 stays float64).
     """
-    return torch.float32 if dtype in _LOW_PRECISION else dtype
+    return torch.float32 if dtype in LOW_PRECISION_DTYPES else dtype
 
 
 def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
@@ -38,3 +49,105 @@ def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager
         return torch.autocast(device_type=device.type, enabled=False)
     except RuntimeError:  # a device type autocast does not know has no autocast to turn off
         return contextlib.nullcontext()
+
+
+def low_precision_dtype(tensor: Tensor) -> torch.dtype | None:
+    """The low-precision dtype a call on ``tensor`` runs in, or None for a full-precision call.
+
+    Args:
+        tensor: a tensor entering the attention (its device and dtype decide).
+
+    Returns:
+        The autocast dtype while ``torch.autocast`` is enabled on the tensor's device,
+        else the tensor's dtype when it is float16 or bfloat16, else None.
+    """
+    device_type = tensor.device.type
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except (RuntimeError, TypeError):  # torch < 2.4 or a device type autocast does not know
+        pass
+    return tensor.dtype if tensor.dtype in LOW_PRECISION_DTYPES else None
+
+
+def _matmul_seconds(device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
+    """Best times of ``(128 x 512) @ (512 x 128)`` matmuls in float32 and in ``dtype``.
+
+    The two dtypes take turns, so that load from other processes slows both alike;
+    the slow dtype stops after about 20 ms (float16 on a CPU without float16 units
+    takes ~100x float32's time).
+    """
+    operands = {
+        each: (
+            torch.randn(128, 512, device=device).to(each),
+            torch.randn(512, 128, device=device).to(each),
+        )
+        for each in (torch.float32, dtype)
+    }
+    best = {each: float("inf") for each in operands}
+    spent = {each: 0.0 for each in operands}
+    for _ in range(8):
+        for each, (left, right) in operands.items():
+            if spent[each] > 0.02:
+                continue
+            torch.mm(left, right)  # warm-up, then time one more
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            torch.mm(left, right)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - start
+            best[each], spent[each] = min(best[each], elapsed), spent[each] + elapsed
+    return best[torch.float32], best[dtype]
+
+
+def low_precision_is_faster(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether ``device`` multiplies ``dtype`` matrices faster than float32 ones.
+
+    Measured once per device type and dtype (a few small matmuls, at most ~50 ms) and
+    remembered for the process; "faster" here means at most 1.25x float32's time.
+    While ``torch.compile`` traces, where nothing can be timed, a dtype not yet
+    measured counts as faster (what matrix units give).
+
+    Args:
+        device: the device the attention runs on.
+        dtype: ``torch.float16`` or ``torch.bfloat16``.
+    """
+    device = torch.device(device)
+    cache_key = (device.type, dtype)
+    faster = _LOW_PRECISION_IS_FASTER.get(cache_key)
+    if faster is None:
+        if torch.compiler.is_compiling():
+            return True
+        threads = torch.get_num_threads()
+        if device.type == "cpu":
+            # One thread: a thread pool waiting on a core that another process holds times
+            # the scheduler, not the matmul; the dtypes' speed ratio is the same per core.
+            torch.set_num_threads(1)
+        try:
+            with torch.no_grad(), autocast_disabled(device):
+                full, low = _matmul_seconds(device, dtype)
+        finally:
+            torch.set_num_threads(threads)
+        # Only a clearly slower low-precision matmul gives up the autocast dtype's path.
+        faster = _LOW_PRECISION_IS_FASTER[cache_key] = low < 1.25 * full
+    return faster
+
+
+def value_path_dtype(tensor: Tensor, compute_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the memory-efficient backends' value-path matmuls for this call.
+
+    Args:
+        tensor: the value tensor (its device, its dtype and the autocast state decide).
+        compute_dtype: the dtype energies and softmax run in (float32 or float64).
+
+    Returns:
+        The call's low-precision dtype (:func:`low_precision_dtype`) where the device
+        multiplies it faster than float32 (:func:`low_precision_is_faster`), else
+        ``compute_dtype``.
+    """
+    low = low_precision_dtype(tensor)
+    if low is None or compute_dtype != torch.float32:
+        return compute_dtype
+    return low if low_precision_is_faster(tensor.device, low) else compute_dtype

@@ -26,16 +26,24 @@ from ._backends import (
     check_backend,
     check_chunk_size,
     get_attention_backend,
+    needs_grad,
     record_backend,
 )
 from ._chunked import chunked_position_attention
-from ._precision import attention_dtype, autocast_disabled
+from ._precision import (
+    attention_dtype,
+    autocast_disabled,
+    low_precision_dtype,
+    low_precision_is_faster,
+    value_path_dtype,
+)
 from ._sdpa import sdpa_position_attention
 
 _TOKEN_AXES = ("batch", "positions", "features")
-#: ``"auto"`` uses bmm while one ``N_q x N_k`` attention matrix takes at most this many bytes.
+#: ``"auto"`` uses bmm while one image's ``N_q x N_k`` attention matrix takes at most this
+#: many bytes (and the batch's fit in free memory).
 BMM_MAX_MATRIX_BYTES = 64 * 2**20
-_AUTOMATIC_CHOICES: dict[tuple, str] = {}  # "auto"'s decision per (device, dtype, B, N_q, N_k)
+_AUTOMATIC_CHOICES: dict[tuple, str] = {}  # "auto"'s decision per device, dtype, ..., shape
 
 
 def _check_query_key(query: Tensor, key: Tensor) -> None:
@@ -117,39 +125,64 @@ def _free_memory(device: torch.device) -> int | None:
     return None
 
 
-def _automatic_backend(query: Tensor, key: Tensor) -> str:
-    """bmm while its N_q x N_k matrices are small and fit, else a memory-efficient backend.
+def _automatic_backend(query: Tensor, key: Tensor, value: Tensor | None) -> str:
+    """``"auto"``'s choice: see :func:`select_position_backend`.
 
-    Decided once per device, dtype and shape, so that a training run does not switch
-    backends from one step to the next as free memory moves.
+    Decided once per device, dtype, precision, shape and whether gradients are needed,
+    so that a training run does not switch backends from one step to the next as free
+    memory moves.
     """
-    shape_key = (query.device, query.dtype, query.shape[0], query.shape[1], key.shape[1])
+    low = low_precision_dtype(query if value is None else value)
+    training = needs_grad(query, key, *(() if value is None else (value,)))
+    batch, query_positions, key_positions = query.shape[0], query.shape[1], key.shape[1]
+    shape_key = (query.device, query.dtype, low, training, batch, query_positions, key_positions)
     choice = _AUTOMATIC_CHOICES.get(shape_key)
     if choice is None:
-        choice = _AUTOMATIC_CHOICES[shape_key] = _choose_automatically(query, key)
+        choice = _AUTOMATIC_CHOICES[shape_key] = _choose_automatically(
+            query, key_positions, low, training
+        )
     return choice
 
 
-def _choose_automatically(query: Tensor, key: Tensor) -> str:
+def _choose_automatically(
+    query: Tensor, key_positions: int, low: torch.dtype | None, training: bool
+) -> str:
+    device = query.device
+    low_is_fast = low is not None and low_precision_is_faster(device, low)
     itemsize = torch.empty((), dtype=attention_dtype(query.dtype)).element_size()
-    matrix_bytes = query.shape[0] * query.shape[1] * key.shape[1] * itemsize
-    free = _free_memory(query.device)
+    matrix_bytes = query.shape[1] * key_positions * itemsize  # one image's N_q x N_k matrix
+    free = _free_memory(device)
     # Forward and backward of bmm hold about three such matrices (weights, their grad, a temporary).
-    if matrix_bytes <= BMM_MAX_MATRIX_BYTES and (free is None or 4 * matrix_bytes <= free):
+    fits = free is None or 4 * query.shape[0] * matrix_bytes <= free
+    # bmm's value path runs in the low-precision dtype (autocast's, or half inputs'); where the
+    # device multiplies that slower than float32, the memory-efficient backends, whose value
+    # path then runs in float32, beat bmm at every size.
+    if matrix_bytes <= BMM_MAX_MATRIX_BYTES and fits and (low is None or low_is_fast):
         return "bmm"
-    # CUDA's fused memory-efficient kernel beats a Python loop of matmuls; on CPU the chunked
-    # loop beats torch's flash kernel (benchmarks/ has the figures).
-    return "sdpa" if query.device.type == "cuda" else "chunked"
+    if device.type != "cuda":
+        return "chunked"  # on CPU the chunked loop beats torch's flash kernel (benchmarks/)
+    # CUDA: the fused kernels, in float32 or (inference) on split low-precision queries/keys;
+    # training under low precision: chunked, whose value path runs on the low-precision units
+    # and whose backward holds the precision contract (sdpa's would run in float32).
+    return "chunked" if low_is_fast and training else "sdpa"
 
 
-def select_position_backend(query: Tensor, key: Tensor, backend: PositionBackend = "auto") -> str:
+def select_position_backend(
+    query: Tensor, key: Tensor, backend: PositionBackend = "auto", *, value: Tensor | None = None
+) -> str:
     """The backend :func:`position_attention` uses for these inputs.
 
     An explicit backend is used as named; ``"auto"`` becomes the global override
-    (:func:`set_attention_backend`, ``$ATTNBLOCKS_BACKEND``) when one is set, else
-    ``"bmm"`` while the ``N_q x N_k`` matrix takes at most
-    :data:`BMM_MAX_MATRIX_BYTES` and fits in free memory, else ``"sdpa"`` on CUDA and
-    ``"chunked"`` elsewhere; that decision is made once per device, dtype and shape.
+    (:func:`set_attention_backend`, ``$ATTNBLOCKS_BACKEND``) when one is set, else:
+
+    - ``"bmm"`` while one image's ``N_q x N_k`` matrix takes at most
+      :data:`BMM_MAX_MATRIX_BYTES`, the batch's fit in free memory, and the call runs in
+      float32/float64 or in a low-precision dtype that the device multiplies faster than
+      float32 (:func:`low_precision_is_faster`);
+    - else ``"chunked"`` on CPU; on CUDA ``"sdpa"``, except when training (gradients
+      needed) in a fast low-precision dtype, where ``"chunked"`` runs.
+
+    The decision is made once per device, dtype, precision, shape and gradient mode.
     A ``"sdpa"`` call that no fused kernel accepts still falls back to ``"chunked"``
     (see :func:`last_attention_backend`).
 
@@ -157,11 +190,13 @@ def select_position_backend(query: Tensor, key: Tensor, backend: PositionBackend
         query: ``(B, N_q, D)`` query features.
         key: ``(B, N_k, D)`` key features.
         backend: one of :data:`POSITION_BACKENDS`.
+        value: the value features, when known: half-precision values make a
+            low-precision call as autocast does.
     """
     check_backend(backend, POSITION_BACKENDS)
     if backend != "auto":
         return backend
-    return get_attention_backend() or _automatic_backend(query, key)
+    return get_attention_backend() or _automatic_backend(query, key, value)
 
 
 def position_attention(
@@ -207,12 +242,14 @@ def position_attention(
             "value must have the batch size and number of positions of key, got key "
             f"{tuple(key.shape)} and value {tuple(value.shape)}"
         )
-    name = select_position_backend(query, key, backend)
+    name = select_position_backend(query, key, backend, value=value)
+    value_dtype = value.dtype
     if name == "bmm":
         out = _position_attention_bmm(query, key, value, scale)
     else:
         dtype = attention_dtype(torch.promote_types(query.dtype, key.dtype))
         query, key = _scaled(query.to(dtype), scale), key.to(dtype)
+        value = value.to(value_path_dtype(value, dtype))  # low precision where it is faster
         out = sdpa_position_attention(query, key, value) if name == "sdpa" else None
         if out is None:
             if name == "sdpa":
@@ -226,4 +263,4 @@ def position_attention(
                 name = "chunked"
             out = chunked_position_attention(query, key, value, chunk_size)
     record_backend(name)
-    return out.to(value.dtype)
+    return out.to(value_dtype)

@@ -209,3 +209,15 @@ def test_no_warning_for_regular_calls():
         warnings.simplefilter("error")
         for backend in ("bmm", "chunked", "sdpa", "auto"):
             position_attention(*qkv(1, 12, 12), backend=backend)
+
+
+def test_auto_applies_its_matrix_limit_per_image_not_per_batch(monkeypatch):
+    # One 2048 x 2048 float32 matrix is 16 MiB (<= 64 MiB); eight images' are 128 MiB.
+    monkeypatch.setattr(position, "_AUTOMATIC_CHOICES", {})
+    monkeypatch.setattr(position, "_free_memory", lambda device: 2**34)
+    query = torch.zeros(8, 2048, 4)
+    assert select_position_backend(query, query) == "bmm"
+    # The batch's matrices must still fit in free memory (4x for forward and backward).
+    monkeypatch.setattr(position, "_AUTOMATIC_CHOICES", {})
+    monkeypatch.setattr(position, "_free_memory", lambda device: 256 * 2**20)
+    assert select_position_backend(query, query) == "chunked"
