@@ -78,41 +78,113 @@ class _BlockBuffer:
         return self.storage[:size].view(self.batch, count, self.key_positions)
 
 
-class _ChunkedPositionAttention(torch.autograd.Function):
-    """softmax(q k^T) v over query chunks.
+def _forward(query: Tensor, key: Tensor, value: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """The output ``(B, N_q, D_v)`` and the rows' log-sum-exp ``(B, N_q)``, chunk by chunk.
 
     ``query`` and ``key`` share the compute dtype (float32 or float64): energies, softmax,
-    its row statistics and the score gradients ``dS``, ``dQ``, ``dK`` run in it. ``value``
-    sets the value path's dtype: the compute dtype, or float16/bfloat16 for mixed
-    precision, where the probabilities are rounded to it for ``P V`` and backward runs
-    ``dV = P^T dO`` and ``dP = dO V^T`` in it, as the naive computation under autocast does.
+    its row statistics and, in :func:`_backward`, the score gradients ``dS``, ``dQ``, ``dK``
+    run in it. ``value`` sets the value path's dtype: the compute dtype, or float16/bfloat16
+    for mixed precision, where the probabilities are rounded to it for ``P V`` and backward
+    runs ``dV = P^T dO`` and ``dP = dO V^T`` in it, as the naive computation under autocast does.
     """
+    batch, query_positions, _ = query.shape
+    mixed = value.dtype != query.dtype
+    out = value.new_empty(batch, query_positions, value.shape[-1])
+    log_sum_exp = query.new_empty(batch, query_positions)
+    key_t = key.transpose(1, 2)  # (B, D, N_k)
+    scores = _BlockBuffer(query, key.shape[1], chunk_size)
+    rounded = _BlockBuffer(value, key.shape[1], chunk_size) if mixed else None
+    # no_grad: eager autograd already runs forward without grad, tracers (torch.export) may not.
+    with torch.no_grad(), autocast_disabled(query.device):
+        for rows in _chunks(query_positions, chunk_size):
+            probs = torch.bmm(query[:, rows], key_t, out=scores.block(rows))  # (B, chunk, N_k)
+            row_max = probs.amax(dim=-1, keepdim=True)
+            probs.sub_(row_max).exp_()  # unnormalised probabilities, in place
+            row_sum = probs.sum(dim=-1, keepdim=True)
+            if rounded is not None:
+                # Normalise and round to the value dtype in one pass, like bmm's weights.to().
+                weights = torch.div(probs, row_sum, out=rounded.block(rows))
+                out[:, rows] = torch.bmm(weights, value)
+            else:
+                out[:, rows] = torch.bmm(probs, value).div_(row_sum)
+            log_sum_exp[:, rows] = (row_max + row_sum.log()).squeeze(-1)
+    return out, log_sum_exp
+
+
+def _backward(
+    grad_out: Tensor,
+    saved: tuple[Tensor, ...],
+    chunk_size: int,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of query, key and value (None where not needed), recomputing each chunk's
+    probabilities from the saved log-sum-exp.
+
+    Args:
+        grad_out: ``(B, N_q, D_v)`` gradient of the output.
+        saved: ``(query, key, value, out, log_sum_exp)`` of the forward.
+        chunk_size: query positions per chunk.
+        needs: whether the query, key and value gradients are wanted.
+    """
+    query, key, value, out, log_sum_exp = saved
+    need_query, need_key, need_value = needs
+    mixed = value.dtype != query.dtype
+    grad_out = grad_out.to(out.dtype)
+    grad_query = torch.empty_like(query) if need_query else None
+    grad_key = torch.zeros_like(key) if need_key else None
+    # dV sums over every chunk: accumulate in the compute dtype, not in half precision.
+    grad_value = torch.zeros_like(value, dtype=query.dtype) if need_value else None
+    value_part = torch.empty_like(value) if need_value and mixed else None
+    key_t, value_t = key.transpose(1, 2), value.transpose(1, 2)
+    probs_buffer = _BlockBuffer(query, key.shape[1], chunk_size)
+    grad_scores_buffer = _BlockBuffer(query, key.shape[1], chunk_size)
+    rounded = _BlockBuffer(value, key.shape[1], chunk_size) if mixed else None
+    with torch.no_grad(), autocast_disabled(query.device):
+        for rows in _chunks(query.shape[1], chunk_size):
+            probs = torch.bmm(query[:, rows], key_t, out=probs_buffer.block(rows))  # scores...
+            probs.sub_(log_sum_exp[:, rows, None]).exp_()  # ... recomputed into P in place
+            grad_out_rows = grad_out[:, rows]
+            if value_part is not None:
+                probs_rounded = rounded.block(rows).copy_(probs)  # P as the forward used it
+                grad_value += torch.bmm(
+                    probs_rounded.transpose(1, 2), grad_out_rows, out=value_part
+                )
+            elif need_value:
+                grad_value.baddbmm_(probs.transpose(1, 2), grad_out_rows)  # dV += P^T dO
+            if not (need_query or need_key):
+                continue
+            grad_scores = grad_scores_buffer.block(rows)
+            if rounded is not None:
+                # dS = P * dP - P * delta with delta = sum_j P_ij dP_ij taken from the rounded
+                # dP itself: then each row of dS sums to 0 as it must. delta = dO . O (below)
+                # would differ from it by O's and dP's rounding, and that error, spread over
+                # the row, leaks the keys' mean into dQ and a false gradient into a key bias.
+                grad_probs = torch.bmm(grad_out_rows, value_t, out=rounded.block(rows))
+                torch.mul(probs, grad_probs, out=grad_scores)  # P * dP, in the compute dtype
+                delta = grad_scores.sum(dim=-1, keepdim=True)  # (B, chunk, 1)
+                grad_scores.addcmul_(probs, delta, value=-1)
+            else:
+                # Row-wise dO . O = sum_j P_ij dP_ij: the softmax backward's correction term.
+                delta = (grad_out_rows * out[:, rows]).sum(dim=-1, keepdim=True)  # (B, chunk, 1)
+                torch.bmm(grad_out_rows, value_t, out=grad_scores).sub_(delta)
+                grad_scores.mul_(probs)  # dS = P * (dP - delta), from dP = dO V^T
+            if need_query:
+                grad_query[:, rows] = torch.bmm(grad_scores, key)  # dQ = dS K
+            if need_key:
+                grad_key.baddbmm_(grad_scores.transpose(1, 2), query[:, rows])  # dK += dS^T Q
+    if grad_value is not None:
+        grad_value = grad_value.to(value.dtype)
+    return grad_query, grad_key, grad_value
+
+
+class _ChunkedPositionAttention(torch.autograd.Function):
+    """softmax(q k^T) v over query chunks (:func:`_forward`, :func:`_backward`), eager."""
 
     @staticmethod
     def forward(
         ctx: FunctionCtx, query: Tensor, key: Tensor, value: Tensor, chunk_size: int
     ) -> Tensor:
-        batch, query_positions, _ = query.shape
-        mixed = value.dtype != query.dtype
-        out = value.new_empty(batch, query_positions, value.shape[-1])
-        log_sum_exp = query.new_empty(batch, query_positions)
-        key_t = key.transpose(1, 2)  # (B, D, N_k)
-        scores = _BlockBuffer(query, key.shape[1], chunk_size)
-        rounded = _BlockBuffer(value, key.shape[1], chunk_size) if mixed else None
-        # no_grad: eager autograd already runs forward without grad, tracers (torch.export) may not.
-        with torch.no_grad(), autocast_disabled(query.device):
-            for rows in _chunks(query_positions, chunk_size):
-                probs = torch.bmm(query[:, rows], key_t, out=scores.block(rows))  # (B, chunk, N_k)
-                row_max = probs.amax(dim=-1, keepdim=True)
-                probs.sub_(row_max).exp_()  # unnormalised probabilities, in place
-                row_sum = probs.sum(dim=-1, keepdim=True)
-                if rounded is not None:
-                    # Normalise and round to the value dtype in one pass, like bmm's weights.to().
-                    weights = torch.div(probs, row_sum, out=rounded.block(rows))
-                    out[:, rows] = torch.bmm(weights, value)
-                else:
-                    out[:, rows] = torch.bmm(probs, value).div_(row_sum)
-                log_sum_exp[:, rows] = (row_max + row_sum.log()).squeeze(-1)
+        out, log_sum_exp = _forward(query, key, value, chunk_size)
         ctx.chunk_size = chunk_size
         ctx.save_for_backward(query, key, value, out, log_sum_exp)
         return out
@@ -120,57 +192,80 @@ class _ChunkedPositionAttention(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        query, key, value, out, log_sum_exp = ctx.saved_tensors
-        need_query, need_key, need_value = ctx.needs_input_grad[:3]
-        mixed = value.dtype != query.dtype
-        grad_out = grad_out.to(out.dtype)
-        grad_query = torch.empty_like(query) if need_query else None
-        grad_key = torch.zeros_like(key) if need_key else None
-        # dV sums over every chunk: accumulate in the compute dtype, not in half precision.
-        grad_value = torch.zeros_like(value, dtype=query.dtype) if need_value else None
-        value_part = torch.empty_like(value) if need_value and mixed else None
-        key_t, value_t = key.transpose(1, 2), value.transpose(1, 2)
-        probs_buffer = _BlockBuffer(query, key.shape[1], ctx.chunk_size)
-        grad_scores_buffer = _BlockBuffer(query, key.shape[1], ctx.chunk_size)
-        rounded = _BlockBuffer(value, key.shape[1], ctx.chunk_size) if mixed else None
-        with autocast_disabled(query.device):
-            for rows in _chunks(query.shape[1], ctx.chunk_size):
-                probs = torch.bmm(query[:, rows], key_t, out=probs_buffer.block(rows))  # scores...
-                probs.sub_(log_sum_exp[:, rows, None]).exp_()  # ... recomputed into P in place
-                grad_out_rows = grad_out[:, rows]
-                if need_value and value_part is not None:
-                    probs_rounded = rounded.block(rows).copy_(probs)  # P as the forward used it
-                    grad_value += torch.bmm(
-                        probs_rounded.transpose(1, 2), grad_out_rows, out=value_part
-                    )
-                elif need_value:
-                    grad_value.baddbmm_(probs.transpose(1, 2), grad_out_rows)  # dV += P^T dO
-                if not (need_query or need_key):
-                    continue
-                grad_scores = grad_scores_buffer.block(rows)
-                if rounded is not None:
-                    # dS = P * dP - P * delta with delta = sum_j P_ij dP_ij taken from the rounded
-                    # dP itself: then each row of dS sums to 0 as it must. delta = dO . O (below)
-                    # would differ from it by O's and dP's rounding, and that error, spread over
-                    # the row, leaks the keys' mean into dQ and a false gradient into a key bias.
-                    grad_probs = torch.bmm(grad_out_rows, value_t, out=rounded.block(rows))
-                    torch.mul(probs, grad_probs, out=grad_scores)  # P * dP, in the compute dtype
-                    delta = grad_scores.sum(dim=-1, keepdim=True)  # (B, chunk, 1)
-                    grad_scores.addcmul_(probs, delta, value=-1)
-                else:
-                    # Row-wise dO . O = sum_j P_ij dP_ij: the softmax backward's correction term.
-                    delta = (grad_out_rows * out[:, rows]).sum(
-                        dim=-1, keepdim=True
-                    )  # (B, chunk, 1)
-                    torch.bmm(grad_out_rows, value_t, out=grad_scores).sub_(delta)
-                    grad_scores.mul_(probs)  # dS = P * (dP - delta), from dP = dO V^T
-                if need_query:
-                    grad_query[:, rows] = torch.bmm(grad_scores, key)  # dQ = dS K
-                if need_key:
-                    grad_key.baddbmm_(grad_scores.transpose(1, 2), query[:, rows])  # dK += dS^T Q
-        if grad_value is not None:
-            grad_value = grad_value.to(value.dtype)
-        return grad_query, grad_key, grad_value, None
+        needs = tuple(ctx.needs_input_grad[:3])
+        return (*_backward(grad_out, ctx.saved_tensors, ctx.chunk_size, needs), None)
+
+
+# torch.compile: the loop as one opaque operator. Traced inline, its Python loop would unroll
+# into one graph per number of chunks, so every new map size would recompile; as an operator
+# with a shape-only "fake" version it takes any size in one graph. torch.export still traces
+# the loop inline (into standard operators that ONNX knows), for the one size it exports.
+_OPERATOR = "attnblocks::chunked_position_attention"
+
+
+def _empty_if_none(tensor: Tensor | None, like: Tensor) -> Tensor:
+    return like.new_empty(0) if tensor is None else tensor  # operators cannot return None
+
+
+if hasattr(torch.library, "custom_op"):  # torch >= 2.4
+
+    @torch.library.custom_op(_OPERATOR, mutates_args=())
+    def _chunked_operator(
+        query: Tensor, key: Tensor, value: Tensor, chunk_size: int
+    ) -> tuple[Tensor, Tensor]:
+        return _forward(query, key, value, _resolve_chunk_size(chunk_size, query, key, value))
+
+    @_chunked_operator.register_fake
+    def _(query: Tensor, key: Tensor, value: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+        batch, query_positions = query.shape[:2]
+        return (
+            value.new_empty(batch, query_positions, value.shape[-1]),
+            query.new_empty(batch, query_positions),
+        )
+
+    @torch.library.custom_op(_OPERATOR + "_backward", mutates_args=())
+    def _chunked_backward_operator(
+        grad_out: Tensor,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        out: Tensor,
+        log_sum_exp: Tensor,
+        chunk_size: int,
+        needs: list[bool],
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        chunk_size = _resolve_chunk_size(chunk_size, query, key, value)
+        saved = (query, key, value, out, log_sum_exp)
+        grads = _backward(grad_out, saved, chunk_size, tuple(needs))
+        return tuple(_empty_if_none(g, like) for g, like in zip(grads, (query, key, value)))
+
+    @_chunked_backward_operator.register_fake
+    def _(grad_out, query, key, value, out, log_sum_exp, chunk_size, needs):
+        return tuple(
+            torch.empty_like(like) if need else like.new_empty(0)
+            for need, like in zip(needs, (query, key, value))
+        )
+
+    def _setup_context(ctx, inputs, output) -> None:
+        query, key, value, chunk_size = inputs
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(query, key, value, *output)
+
+    def _operator_backward(ctx, grad_out: Tensor, grad_log_sum_exp: Tensor):
+        needs = [bool(need) for need in ctx.needs_input_grad[:3]]
+        grads = _chunked_backward_operator(grad_out, *ctx.saved_tensors, ctx.chunk_size, needs)
+        return (*(g if need else None for g, need in zip(grads, needs)), None)
+
+    _chunked_operator.register_autograd(_operator_backward, setup_context=_setup_context)
+else:  # pragma: no cover - old torch: compile traces the loop inline
+    _chunked_operator = None
+
+
+def _resolve_chunk_size(chunk_size: int, query: Tensor, key: Tensor, value: Tensor) -> int:
+    """``chunk_size``, or for 0 the one that fits :data:`DEFAULT_CHUNK_MEMORY`."""
+    if chunk_size > 0:
+        return chunk_size
+    return chunk_size_for_memory(query.shape[0], key.shape[1], query.dtype, value_dtype=value.dtype)
 
 
 def chunked_position_attention(
@@ -183,15 +278,16 @@ def chunked_position_attention(
             energies, softmax and score gradients.
         key: ``(B, N_k, D)``, same dtype as ``query``.
         value: ``(B, N_k, D_v)``; its dtype is the value path's: the compute dtype, or
-            float16/bfloat16 for mixed precision (see :class:`_ChunkedPositionAttention`).
+            float16/bfloat16 for mixed precision (see :func:`_forward`).
         chunk_size: query positions per chunk; None derives it from
             :data:`DEFAULT_CHUNK_MEMORY`.
 
     Returns:
         ``(B, N_q, D_v)`` in the value's dtype.
     """
-    if chunk_size is None:
-        chunk_size = chunk_size_for_memory(
-            query.shape[0], key.shape[1], query.dtype, value_dtype=value.dtype
-        )
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    if torch.compiler.is_compiling() and not exporting and _chunked_operator is not None:
+        # The chunk size is resolved inside, on concrete sizes: no guard on the map size here.
+        return _chunked_operator(query, key, value, chunk_size or 0)[0]
+    chunk_size = _resolve_chunk_size(chunk_size or 0, query, key, value)
     return _ChunkedPositionAttention.apply(query, key, value, chunk_size)

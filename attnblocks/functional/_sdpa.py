@@ -21,7 +21,9 @@ serves calls without gradients (inference); with gradients the kernel runs in fl
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,19 @@ except ImportError:  # older torch: no way to forbid MATH, so this backend is un
 # What torch raises when no allowed kernel accepts the inputs or none is allowed on the device.
 _NO_KERNEL_MESSAGES = ("No available kernel", "No viable backend")
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _quiet() -> contextlib.AbstractContextManager:
+    """Silence torch's warning per kernel it rejects (we report one fallback instead); not
+    while compiling, where the fallback cannot happen and warning filters cannot be traced."""
+    return contextlib.nullcontext() if torch.compiler.is_compiling() else _ignoring_warnings()
+
+
+@contextlib.contextmanager
+def _ignoring_warnings() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _pad_last(tensor: Tensor, width: int) -> Tensor:
@@ -122,12 +137,7 @@ def sdpa_position_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor
     k = _pad_last(key, qk_width)[:, None]
     v = _pad_last(value, v_width)[:, None]
     try:
-        with (
-            sdpa_kernel(_FUSED_KERNELS),
-            autocast_disabled(query.device),
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore")  # torch warns per kernel it rejects; we report instead
+        with sdpa_kernel(_FUSED_KERNELS), autocast_disabled(query.device), _quiet():
             out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # PAM has no 1/sqrt(d)
     except RuntimeError as error:
         if not any(reason in str(error) for reason in _NO_KERNEL_MESSAGES):

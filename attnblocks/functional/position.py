@@ -135,6 +135,10 @@ def _automatic_backend(query: Tensor, key: Tensor, value: Tensor | None) -> str:
     low = low_precision_dtype(query if value is None else value)
     training = needs_grad(query, key, *(() if value is None else (value,)))
     batch, query_positions, key_positions = query.shape[0], query.shape[1], key.shape[1]
+    if torch.compiler.is_compiling():
+        # A compiled graph holds no memory reading and keys no cache by exact sizes (that would
+        # recompile per size): the rule's size test becomes a guard on a range of sizes.
+        return _choose_automatically(query, key_positions, low, training)
     shape_key = (query.device, query.dtype, low, training, batch, query_positions, key_positions)
     choice = _AUTOMATIC_CHOICES.get(shape_key)
     if choice is None:

@@ -64,6 +64,28 @@ class CAM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply channel attention to ``x`` of shape ``(B, C, H, W)``."""
+        if torch.jit.is_scripting():
+            return self._scripted_forward(x)
+        return self._forward(x)
+
+    def _scripted_forward(self, x: Tensor) -> Tensor:
+        """TorchScript's forward: the same computation with plain ops (einops and the
+        functional checks are Python that TorchScript cannot compile)."""
+        if x.dim() != 4 or x.size(1) != self.channels:
+            raise ValueError(
+                "CAM was built for (B, " + str(self.channels) + ", H, W) inputs, got shape "
+                + str(x.shape)
+            )  # fmt: skip
+        dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        maps = x.flatten(2).to(dtype)  # (B, C, N)
+        energy = torch.bmm(maps, maps.transpose(1, 2))  # (B, C, C)
+        if self.mode == "original":
+            energy = energy.amax(dim=-1, keepdim=True) - energy  # the authors' softmax(-E)
+        attended = torch.bmm(energy.softmax(dim=-1), maps).reshape(x.shape)
+        return self.gamma.to(x.dtype) * attended.to(x.dtype) + x
+
+    @torch.jit.unused
+    def _forward(self, x: Tensor) -> Tensor:
         check_feature_map(x, self.channels, type(self).__name__)
         height, width = x.shape[-2:]
         maps = rearrange(x, "b c h w -> b c (h w)")

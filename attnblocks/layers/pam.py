@@ -34,6 +34,12 @@ def _project(conv: nn.Conv2d, x: Tensor, dtype: torch.dtype) -> Tensor:
         return F.conv2d(x.to(dtype), conv.weight.to(dtype), bias)
 
 
+def _scripted_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A 1x1 ``conv`` applied in ``x``'s dtype, for TorchScript."""
+    bias = conv.bias
+    return F.conv2d(x, conv.weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
 class PAM(nn.Module):
     """Position attention: each position becomes a weighted sum of all positions.
 
@@ -48,6 +54,9 @@ class PAM(nn.Module):
     the value path and the output keep the input's dtype.
 
     Shapes: ``(B, C, H, W) -> (B, C, H, W)`` for any ``B, H, W``.
+
+    ``torch.jit.script`` compiles it to the ``"bmm"`` computation (``N x N`` matrix);
+    ``torch.compile`` and ``torch.export`` keep every backend.
 
     Args:
         channels: input and output channels ``C``.
@@ -96,6 +105,31 @@ class PAM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply position attention to ``x`` of shape ``(B, C, H, W)``."""
+        if torch.jit.is_scripting():
+            return self._scripted_forward(x)
+        return self._forward(x)
+
+    def _scripted_forward(self, x: Tensor) -> Tensor:
+        """TorchScript's forward: the bmm computation, in at least float32, with plain ops
+        (the backends' dispatch and einops are Python that TorchScript cannot compile)."""
+        if x.dim() != 4 or x.size(1) != self.channels:
+            raise ValueError(
+                "PAM was built for (B, " + str(self.channels) + ", H, W) inputs, got shape "
+                + str(x.shape)
+            )  # fmt: skip
+        dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        batch, channels, height, width = x.shape
+        energies_in = x.to(dtype)
+        query = _scripted_conv(self.query_conv, energies_in).flatten(2)  # (B, D, N)
+        key = _scripted_conv(self.key_conv, energies_in).flatten(2)  # (B, D, N)
+        weights = torch.bmm(query.transpose(1, 2), key).softmax(dim=-1)  # (B, N, N), rows sum to 1
+        value = self.value_conv(x).flatten(2)  # (B, C, N)
+        attended = torch.bmm(value, weights.to(value.dtype).transpose(1, 2))  # (B, C, N)
+        attended = attended.reshape(batch, channels, height, width)
+        return torch.addcmul(x, self.gamma.to(x.dtype), attended.to(x.dtype))
+
+    @torch.jit.unused
+    def _forward(self, x: Tensor) -> Tensor:
         check_feature_map(x, self.channels, type(self).__name__)
         height, width = x.shape[-2:]
         query, key = self._query_key(x)

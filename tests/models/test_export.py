@@ -32,11 +32,11 @@ def test_torch_export(backend):
         assert_same_outputs(program.module()(images), expected)
 
 
-def test_torch_compile():
+def test_torch_compile_as_one_graph():
     model, images = small_danet("auto")
     with torch.no_grad():
         expected = model(images)
-        assert_same_outputs(torch.compile(model)(images), expected)
+        assert_same_outputs(torch.compile(model, fullgraph=True)(images), expected)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
