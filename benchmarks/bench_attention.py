@@ -46,9 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness, 
 from harness import (
     DTYPES,
     configure_malloc,
+    default_out_dir,
     device_name,
     device_tag,
     free_memory_bytes,
+    low_precision_note,
     measure,
     measure_ceilings,
     mib,
@@ -339,7 +341,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip larger N for a configuration once a case took longer")  # fmt: skip
     add("--quick", action="store_true",
         help="small sizes, float32, default chunks: under 2 minutes on 2 CPU cores")  # fmt: skip
-    add("--out", type=Path, default=Path(__file__).parent / "results")
+    add("--out", type=Path, default=default_out_dir(),
+        help="default runs/benchmarks; the committed tables: benchmarks/results")  # fmt: skip
     add("--stem", help="output file name stem (default: from device and torch version)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -353,7 +356,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if args.device == "cpu":
         configure_malloc()
     started = time.perf_counter()
-    name = device_name(args.device)
+    name = f"{device_name(args.device)}; {low_precision_note(args.device)}"
     ceilings = measure_ceilings(args.device, args.dtypes)
     print(f"device: {name}; torch {torch.__version__}")
     print("matmul ceiling (GFLOP/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items()))

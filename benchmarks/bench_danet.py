@@ -30,9 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness, 
 from harness import (
     DTYPES,
     configure_malloc,
+    default_out_dir,
     device_name,
     device_tag,
     free_memory_bytes,
+    low_precision_note,
     measure,
     mib,
     out_of_memory_reason,
@@ -211,7 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--long-case-seconds", type=float, default=10.0,
         help="a case whose warm-up takes longer is timed by that one run")  # fmt: skip
     add("--quick", action="store_true", help="resnet18 at small sizes: a smoke test of the script")
-    add("--out", type=Path, default=Path(__file__).parent / "results")
+    add("--out", type=Path, default=default_out_dir(),
+        help="default runs/benchmarks; the committed tables: benchmarks/results")  # fmt: skip
     add("--stem", help="output file name stem (default: from device and torch version)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if args.device == "cpu":
         configure_malloc()
     started = time.perf_counter()
-    name = device_name(args.device)
+    name = f"{device_name(args.device)}; {low_precision_note(args.device)}"
     free = free_memory_bytes() / 2**30
     print(f"device: {name}; torch {torch.__version__}; free memory {free:.0f} GiB")
     results = []

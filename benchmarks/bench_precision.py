@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness, run as a script
 
-from harness import device_name, device_tag, torch_tag
+from harness import default_out_dir, device_name, device_tag, torch_tag
 
 from attnblocks import PAM
 from attnblocks.functional import _precision, _sdpa, position
@@ -178,6 +178,7 @@ def measure(
     batch: int = 2,
     activation_scale: float = 1.0,
     seeds: tuple[int, ...] = tuple(range(8)),
+    device: str = "cpu",
 ) -> dict[str, float]:
     """Relative errors of one backend in one setting against float64 (see the module doc).
 
@@ -191,12 +192,14 @@ def measure(
         batch: batch size.
         activation_scale: standard deviation of the input activations.
         seeds: seeds of weights and inputs; errors are pooled over them.
+        device: where both computations run.
     """
     ours, reference = [], []
     for seed in seeds:
-        pam = build_pam(channels, seed)
+        pam = build_pam(channels, seed).to(device)
         generator = torch.Generator().manual_seed(seed + 1000)
         x = activation_scale * torch.randn(batch, channels, *size, generator=generator)
+        x = x.to(device)
         module_dtype = _module_dtype(setting)
         if module_dtype is not None:  # both computations start from the same rounded numbers
             pam, x = pam.to(module_dtype), x.to(module_dtype)
@@ -211,17 +214,20 @@ def measure(
     return relative_errors(ours, reference)
 
 
-def contract_table(channels: int, activation_scale: float) -> tuple[list[dict], str]:
+def contract_table(
+    channels: int, activation_scale: float, device: str = "cpu"
+) -> tuple[list[dict], str]:
     """Every setting and variant: errors, the worst ratio to bmm and whether it holds."""
     rows = []
+    options = {"channels": channels, "activation_scale": activation_scale, "device": device}
     for setting in SETTINGS:
-        bmm = measure(setting, "bmm", False, channels, activation_scale=activation_scale)
+        bmm = measure(setting, "bmm", False, **options)
         for backend, path in VARIANTS:
             if setting == "float32" and path == "low":
                 continue  # float32 has no low-precision value path
-            errors = bmm if backend == "bmm" else measure(
-                setting, backend, path == "low", channels, activation_scale=activation_scale
-            )  # fmt: skip
+            errors = (
+                bmm if backend == "bmm" else measure(setting, backend, path == "low", **options)
+            )
             ratios = {
                 name: errors[name] / max(bmm[name], NOISE_FLOOR / CONTRACT_RATIO)
                 for name in QUANTITIES
@@ -263,19 +269,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--channels", type=int, default=64, help="PAM channels C")
     parser.add_argument("--activation-scale", type=float, default=1.0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=default_out_dir(),
+        help="default runs/benchmarks; the committed tables: benchmarks/results",
+    )
     parser.add_argument("--stem", help="output file name stem (default: from device and torch)")
     args = parser.parse_args(argv)
-    rows, table = contract_table(args.channels, args.activation_scale)
+    rows, table = contract_table(args.channels, args.activation_scale, args.device)
     header = (
         f"PAM C={args.channels} (query/key width {args.channels // 8}), input (2, "
         f"{args.channels}, 12, 14) x {args.activation_scale}, chunk 37; relative L2 errors "
         f"against float64 bmm, pooled over 8 seeds of weights and input; "
-        f"{device_name('cpu')}; torch {torch.__version__}."
+        f"{device_name(args.device)}; torch {torch.__version__}."
     )
     print(header, "", table, sep="\n")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.stem or f"precision-{device_tag('cpu')}-{torch_tag()}-c{args.channels}"
+    stem = args.stem or f"precision-{device_tag(args.device)}-{torch_tag()}-c{args.channels}"
     (args.out / f"{stem}.md").write_text(header + "\n\n" + table)
     payload = {"header": header, "python": platform.python_version(), "rows": rows}
     (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1))

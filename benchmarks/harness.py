@@ -204,7 +204,7 @@ def free_memory_bytes() -> int:
 
 
 def device_name(device: str) -> str:
-    """The GPU's name, or the CPU model with cores and torch threads."""
+    """The GPU's name, or the CPU model with cores, torch threads and matrix units."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     model = platform.processor() or "cpu"
@@ -213,16 +213,60 @@ def device_name(device: str) -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    units = cpu_matrix_units()
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, {units}"
+
+
+def cpu_matrix_units() -> str:
+    """The CPU's low-precision matrix instructions from its flags: ``"amx"`` (AMX bf16),
+    ``"avx512bf16"``, or ``"nobf16"`` (bfloat16 matmuls emulated, slower than float32)."""
+    with contextlib.suppress(OSError):
+        flags = set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags.update(line.split(":", 1)[1].split())
+        if "amx_bf16" in flags:
+            return "amx"
+        if "avx512_bf16" in flags or "bf16" in flags:
+            return "avx512bf16" if "avx512_bf16" in flags else "bf16"
+        return "nobf16"
+    return "unknown"
 
 
 def device_tag(device: str) -> str:
-    """A short file-name tag: ``cuda-h100``, ``cpu-xeon2c``..."""
+    """A short file-name tag: ``cuda-h100``, ``cpu-xeon2c-nobf16``..."""
     if device.startswith("cuda"):
         return "cuda-" + torch.cuda.get_device_name(torch.device(device)).split()[-1].lower()
     words = [w.replace("(R)", "").lower() for w in device_name(device).split(",")[0].split()]
     family = next((w for w in words if w in ("xeon", "epyc", "core", "ryzen", "apple")), "")
-    return f"cpu-{family}{os.cpu_count()}c"
+    return f"cpu-{family}{os.cpu_count()}c-{cpu_matrix_units()}"
+
+
+def _low_precision_verdicts(device: str) -> dict[str, str]:
+    from attnblocks.functional import low_precision_is_faster
+
+    return {
+        name: "faster" if low_precision_is_faster(device, DTYPES[name]) else "slower"
+        for name in ("bfloat16", "float16")
+    }
+
+
+def low_precision_note(device: str) -> str:
+    """What the package measures of this device: whether its bfloat16/float16 matmuls beat
+    float32, which decides the memory-efficient backends' value path under autocast (on CPU
+    measured in a child, so the parent stays fork-safe)."""
+    verdicts = (
+        run_forked(_low_precision_verdicts, device)
+        if device == "cpu"
+        else _low_precision_verdicts(device)
+    )
+    return "low-precision matmul vs float32: " + ", ".join(f"{k} {v}" for k, v in verdicts.items())
+
+
+def default_out_dir() -> Path:
+    """Where results go unless ``--out`` says otherwise: the run folder ``runs/benchmarks``
+    (git ignores ``runs/``); committed tables are written with ``--out benchmarks/results``."""
+    return Path("runs") / "benchmarks"
 
 
 def torch_tag() -> str:

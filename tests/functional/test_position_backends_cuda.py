@@ -1,10 +1,18 @@
 """The position-attention backends on a CUDA GPU: same results as bmm, fused kernel, memory."""
 
+import warnings
+
 import pytest
 import torch
 
 from attnblocks import PAM
-from attnblocks.functional import last_attention_backend, position_attention
+from attnblocks.functional import (
+    last_attention_backend,
+    low_precision_is_faster,
+    position_attention,
+    select_position_backend,
+)
+from tests.benchmarks import scripts
 from tests.reference import relative_error
 
 pytestmark = pytest.mark.skipif(
@@ -68,3 +76,40 @@ def test_memory_efficient_backends_stay_far_below_the_n_squared_matrix(backend):
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - start
     assert peak < positions * positions * 4 / 8  # an eighth of one float32 N x N matrix
+
+
+@pytest.mark.parametrize("setting", ["bfloat16 autocast", "float16 autocast", "bfloat16 module"])
+@pytest.mark.parametrize("backend", ["chunked", "sdpa", "sdpa inference", "auto"])
+def test_precision_contract_on_cuda(setting, backend):
+    # Whatever this card measures, both value paths are held to 1.5x bmm's error.
+    bench = scripts.load("bench_precision")
+    options = {"channels": 128, "seeds": (0, 1, 2), "device": "cuda"}
+    reference = bench.measure(setting, "bmm", False, **options)
+    for low_is_fast in (True, False):
+        errors = bench.measure(setting, backend, low_is_fast, **options)
+        for name, error in errors.items():
+            if error != error:  # NaN: not computed (inference)
+                continue
+            bound = max(1.5 * reference[name], bench.NOISE_FLOOR)
+            assert error <= bound, f"{name} ({low_is_fast=}): {error:.2e} > {bound:.2e}"
+
+
+def test_auto_on_cuda_trains_low_precision_with_chunked_and_infers_with_sdpa():
+    tensors = qkv(1, 8192)
+    faster = low_precision_is_faster("cuda", torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        training = select_position_backend(*tensors[:2], value=tensors[2])
+        with torch.no_grad():
+            inference = select_position_backend(*tensors[:2], value=tensors[2])
+    assert training == ("chunked" if faster else "sdpa")
+    assert inference == "sdpa"
+
+
+def test_sdpa_inference_feeds_the_fused_kernel_split_bfloat16_queries_and_keys():
+    query, key, value = (t.detach() for t in qkv(1, 2048))
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to chunked
+        out = position_attention(query, key, value, backend="sdpa")
+    assert last_attention_backend() == "sdpa"
+    expected = position_attention(query.double(), key.double(), value.double(), backend="bmm")
+    assert relative_error(out, expected) < 1e-2
