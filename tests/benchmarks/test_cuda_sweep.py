@@ -16,7 +16,7 @@ def test_pieces_cover_tests_every_dtype_cam_and_danet(tmp_path):
     pieces = sweep.pieces(tmp_path, "cuda-test-torch0.0")
     assert set(pieces) == {"tests", "pam-bfloat16", "pam-float16", "pam-float32", "cam",
                            "danet-bfloat16", "danet-float32"}  # fmt: skip
-    for name, commands in pieces.items():
+    for commands in pieces.values():
         for command in commands:
             assert any(str(tmp_path) in part for part in command), command  # all in --out
             if "bench_attention.py" in command[1] or "bench_danet.py" in command[1]:
