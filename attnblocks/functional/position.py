@@ -235,7 +235,11 @@ def position_attention(
 
     Returns:
         ``(B, N_q, D_v)`` attended values in the value's dtype. Energies and softmax
-        run in at least float32, also under ``torch.autocast``.
+        run in at least float32, also under ``torch.autocast``. The value-path matmuls
+        (``P V``; ``P^T dO`` and ``dO V^T`` in backward) run in the call's low-precision
+        dtype (autocast's, or half values') with ``"bmm"``, and with the memory-efficient
+        backends where the device multiplies that dtype faster than float32
+        (:func:`low_precision_is_faster`), else in float32.
     """
     check_chunk_size(chunk_size)
     scale = _check_scale(scale)

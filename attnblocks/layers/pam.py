@@ -50,8 +50,10 @@ class PAM(nn.Module):
     ``gamma_init`` (0: the block starts as the identity).
 
     Query and key projections, energies and softmax run in at least float32, also
-    for half inputs and under ``torch.autocast`` (unscaled energies overflow float16);
-    the value path and the output keep the input's dtype.
+    for half inputs and under ``torch.autocast`` (unscaled energies overflow float16).
+    The value projection and the output keep the input's (or autocast's) dtype; the
+    value-path matmuls run in it too where the device multiplies it faster than float32,
+    else in float32 (:func:`attnblocks.functional.low_precision_is_faster`).
 
     Shapes: ``(B, C, H, W) -> (B, C, H, W)`` for any ``B, H, W``.
 
