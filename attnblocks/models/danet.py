@@ -6,7 +6,6 @@ https://arxiv.org/abs/1809.02983
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_float_tensor, check_positive_int
+from ..compat import load_original_state_dict, read_checkpoint
 from ..functional._backends import PositionBackend
 from ..functional.channel import ChannelMode
 from ..layers.conv_norm_act import LayerFactory
@@ -142,25 +142,8 @@ class DANet(nn.Module):
         Raises:
             ValueError: listing missing and unexpected keys, or mismatched shapes.
         """
-        from ..compat import load_original_state_dict
-
         kwargs.setdefault("align_corners", True)
         kwargs.setdefault("output_stride", 8)
         model = cls(backbone, num_classes, multi_grid=multi_grid, **kwargs)
-        if isinstance(path_or_state_dict, (str, Path)):
-            path_or_state_dict = _load_checkpoint_file(Path(path_or_state_dict))
-        load_original_state_dict(model, path_or_state_dict)
+        load_original_state_dict(model, read_checkpoint(path_or_state_dict, "DANet.from_original"))
         return model
-
-
-def _load_checkpoint_file(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers, nothing executed."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} holds objects besides tensors (numpy scalars in the authors' "
-            "{'best_pred': ...}, say), which weights_only loading refuses. If you trust the "
-            "file, load it yourself with torch.load(path, map_location='cpu', "
-            "weights_only=False) and pass the result to DANet.from_original."
-        ) from error
