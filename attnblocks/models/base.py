@@ -170,7 +170,8 @@ class SegmentationModel(
             image: a file path, a PIL image, or a uint8 ``(H, W, 3)`` RGB array / tensor.
             crop_size: sliding-window size; ``"config"``: the pretrained config's
                 (None there: the whole image at once); None: the whole image.
-            stride: step between windows; ``"config"``: the pretrained config's.
+            stride: step between windows; ``"config"``: the pretrained config's with its
+                window, else the default (2/3 of the crop).
             scales: extra resize factors to average over (multi-scale testing).
             flip: also average the mirrored image's prediction.
             resize: apply the config's ``image_scale``; False predicts at the image's size.
@@ -191,10 +192,13 @@ class SegmentationModel(
         x = config.normalize(pixels.to(parameter.device)).unsqueeze(0).to(parameter.dtype)
         factor = config.rescale_factor(*pixels.shape[-2:]) if resize else 1.0
         self.eval()
+        if stride == "config":  # the config's step belongs to the config's window only
+            stride = config.stride if crop_size == "config" else None
+        if crop_size == "config":
+            crop_size = config.crop_size
         labels = predict_labels(
-            self, x, crop_size=config.crop_size if crop_size == "config" else crop_size,
-            stride=config.stride if stride == "config" else stride,
-            scales=[factor * s for s in scales], flip=flip, align_corners=self.align_corners,
+            self, x, crop_size=crop_size, stride=stride, scales=[factor * s for s in scales],
+            flip=flip, align_corners=self.align_corners,
         )  # fmt: skip
         return labels[0].cpu()
 
