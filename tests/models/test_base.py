@@ -62,9 +62,9 @@ def test_predict_image_resizes_by_the_image_scale_and_reads_labels_at_the_image_
 
 def test_predict_image_slides_the_configs_window_unless_told_otherwise():
     model = small_danet()
-    model.pretrained_config = PretrainedConfig(**{**CONFIG.to_dict(), "crop_size": (32, 32),
+    model.pretrained_config = PretrainedConfig(**{**CONFIG.to_dict(), "crop_size": (32, 40),
                                                   "stride": (16, 20)})  # fmt: skip
-    windows = predict_labels(model, normalised(), crop_size=(32, 32), stride=(16, 20))[0]
+    windows = predict_labels(model, normalised(), crop_size=(32, 40), stride=(16, 20))[0]
     assert torch.equal(model.predict_image(IMAGE), windows)
     assert not torch.equal(windows, model.predict(normalised())[0])  # the windows made a difference
     flipped = predict_labels(model, normalised(), flip=True, scales=(1.0, 0.5))[0]

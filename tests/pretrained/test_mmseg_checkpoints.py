@@ -43,7 +43,7 @@ def test_readme_lists_every_checkpoint():
         ms = "-" if entry.miou_ms_flip is None else f"{entry.miou_ms_flip:.2f}"
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert entry.config in cells[0] and f"{entry.miou:.2f}" in cells and ms in cells
-        assert entry.sha256_prefix in cells
+        assert f"`{entry.sha256_prefix}`" in cells
 
 
 def test_find_by_config_file_name_path_or_url():
