@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attnblocks.models import DANet, DANetOutput
+from attnblocks.models import DANet, DANetOutput, base
 from attnblocks.pretrained import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from tests.compat.mmseg_reference import (
     fixture_arrays,
@@ -36,58 +36,42 @@ def assert_reproduces_fixture(model):
 
 
 @pytest.fixture(scope="module")
-def checkpoint_file(tmp_path_factory):
+def loaded_from_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("mmseg") / "danet_r50-d8_fixture.pth"
-    torch.save(fixture_checkpoint(), path)
-    return path
+    torch.save(fixture_checkpoint(), path)  # {"meta", "state_dict"}, auxiliary_head.* included
+    return DANet.from_mmseg(path)
 
 
-def test_reproduces_mmseg_from_a_file(checkpoint_file):
-    model = DANet.from_mmseg(checkpoint_file)
+def test_reproduces_mmseg_from_a_file(loaded_from_file):
+    model = loaded_from_file
     assert not model.training  # ready for inference, like from_pretrained
     assert model.backbone_name == "resnet50c" and model.output_stride == 8
     assert not model.align_corners  # mmseg's resize of the logits
     assert_reproduces_fixture(model)
 
 
-def test_reproduces_mmseg_from_a_dict_wrapped_or_bare():
+def test_reproduces_mmseg_from_a_dict():
     assert_reproduces_fixture(DANet.from_mmseg(fixture_checkpoint()))
-    bare = {f"module.{key}": value for key, value in fixture_state_dict().items()}
-    assert_reproduces_fixture(DANet.from_mmseg(bare))  # DataParallel prefix, no meta
 
 
-def test_mmseg_scale_becomes_gamma_of_shape_one():
-    state = fixture_state_dict()
-    model = DANet.from_mmseg(state)
-    for branch in ("pam", "cam"):
-        gamma = getattr(model.head.attention, branch).gamma
-        assert gamma.shape == (1,)
-        assert gamma.item() == state[f"decode_head.{branch}.gamma.scale"].item()
-
-
-def test_pretrained_config_carries_cityscapes_classes_and_palette():
-    config = DANet.from_mmseg(fixture_checkpoint()).pretrained_config
+def test_pretrained_config_carries_cityscapes_classes_and_palette(loaded_from_file):
+    config = loaded_from_file.pretrained_config
     assert config.class_names == CITYSCAPES_CLASSES and config.palette == CITYSCAPES_PALETTE
     assert config.mean == (123.675, 116.28, 103.53) and config.std == (58.395, 57.12, 57.375)
     assert config.dataset == "cityscapes" and config.image_scale == (2048, 1024)
 
 
-def test_class_names_in_meta_win():
-    checkpoint = fixture_checkpoint()
-    checkpoint["meta"]["CLASSES"] = tuple(f"thing {i}" for i in range(19))
-    checkpoint["meta"]["PALETTE"] = [[i, i, i] for i in range(19)]
-    config = DANet.from_mmseg(checkpoint).pretrained_config
-    assert config.class_names[3] == "thing 3" and config.palette[3] == (3, 3, 3)
-
-
-def test_released_file_name_sets_window_and_alignment(tmp_path):
-    path = tmp_path / "danet_r50-d8_769x769_80k_cityscapes_20200607_132954-495689b4.pth"
-    torch.save(fixture_checkpoint(), path)
-    model = DANet.from_mmseg(path)
+def test_a_release_name_downloads_and_sets_window_and_alignment(monkeypatch):
+    fetched = []
+    monkeypatch.setattr(base, "load_mmseg_checkpoint",
+                        lambda name: fetched.append(name) or fixture_checkpoint())  # fmt: skip
+    name = "danet_r50-d8_4xb2-80k_cityscapes-769x769"
+    model = DANet.from_mmseg(name, attention_backend="chunked")
+    assert fetched == [name]
     assert model.align_corners  # the 769x769 models were trained with align_corners=True
     assert model.pretrained_config.crop_size == (769, 769)
     assert model.pretrained_config.stride == (513, 513)
-    assert not DANet.from_mmseg(path, align_corners=False).align_corners  # kwargs win
+    assert model.head.attention.pam.backend == "chunked"  # keywords reach the constructor
 
 
 @pytest.mark.parametrize(

@@ -96,3 +96,11 @@ def test_pretrained_config_from_release_class_count_or_nothing():
     assert mmseg_pretrained_config(5, {}, None).class_names[4] == "class 4"
     named = mmseg_pretrained_config(2, {"dataset_meta": {"classes": ["sky", "sea"]}}, None)
     assert named.class_names == ("sky", "sea") and len(named.palette) == 2
+
+
+def test_class_names_and_palette_in_meta_win():
+    meta = {"CLASSES": tuple(f"thing {i}" for i in range(19)),
+            "PALETTE": [[i, i, i] for i in range(19)]}  # fmt: skip
+    config = mmseg_pretrained_config(19, meta, None)
+    assert config.class_names[3] == "thing 3" and config.palette[3] == (3, 3, 3)
+    assert config.dataset == "cityscapes"  # the test resize of the dataset stays
