@@ -13,32 +13,41 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 DATA_DIR = Path(__file__).parent / "data" / "danet_reference"
+MM_DATA_DIR = Path(__file__).parent / "data" / "mm_reference"  # OpenMMLab's blocks and segmentors
 
 
 @cache
-def manifest() -> dict:
+def manifest(data_dir: Path = DATA_DIR) -> dict:
     """The fixtures' manifest: configuration and ordered state-dict keys of each."""
-    return json.loads((DATA_DIR / "manifest.json").read_text())
+    return json.loads((data_dir / "manifest.json").read_text())
 
 
-def load_arrays(name: str) -> dict[str, Tensor]:
+def load_arrays(name: str, data_dir: Path = DATA_DIR) -> dict[str, Tensor]:
     """The arrays of fixture ``name`` (``pam``, ``cam``, ``head``) as float32 tensors."""
-    with np.load(DATA_DIR / f"{name}.npz") as arrays:
+    with np.load(data_dir / f"{name}.npz") as arrays:
         return {key: torch.from_numpy(arrays[key].copy()) for key in arrays.files}
 
 
-def fill_rule_state_dict(name: str) -> dict[str, Tensor]:
+def fill_rule_state_dict(name: str, data_dir: Path = DATA_DIR) -> dict[str, Tensor]:
     """The weights of fixture ``name``, regenerated with the fill rule of its README."""
-    entry = manifest()[name]
-    rng = np.random.default_rng(entry["weights_seed"])
+    entry = manifest(data_dir)[name]
+    return fill_rule(entry["keys"], entry["weights_seed"])
+
+
+def fill_rule(keys: list, seed: int) -> dict[str, Tensor]:
+    """Weights for ``[key, shape]`` pairs by the fixtures' fill rule, drawn in order from ``seed``.
+
+    mmcv's ``Scale`` (a key ending in ``scale``) is filled like ``gamma``.
+    """
+    rng = np.random.default_rng(seed)
     state: dict[str, Tensor] = {}
-    for key, shape in entry["keys"]:
+    for key, shape in keys:
         leaf = key.rsplit(".", 1)[-1]
         if leaf == "num_batches_tracked":
             state[key] = torch.tensor(0)
             continue
         z = rng.standard_normal(shape)
-        if leaf == "gamma":
+        if leaf in ("gamma", "scale"):
             value = 0.5 + 0.1 * z
         elif leaf == "weight" and len(shape) == 4:
             value = z * np.sqrt(2.0 / (shape[1] * shape[2] * shape[3]))

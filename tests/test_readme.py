@@ -1,7 +1,7 @@
 """README's Python examples run as written, in order, sharing one namespace like a notebook.
 
 A block preceded by ``<!-- not run by tests/test_readme.py: why -->`` needs files users
-bring (the authors' checkpoints); their key mapping is tested in tests/test_compat.py.
+bring (the authors' checkpoints); their key mapping is tested in tests/compat/.
 """
 
 import re

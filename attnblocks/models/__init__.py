@@ -1,7 +1,18 @@
-"""Segmentation models built from the attention blocks."""
+"""Segmentation models built from the attention blocks, on one shared scaffold (``base.py``)."""
 
+from ._hub import HUB_AVAILABLE
 from .backbone import apply_multi_grid, create_backbone
+from .base import SegmentationModel, main_logits
 from .danet import DANet
 from .danet_head import DANetHead, DANetOutput
 
-__all__ = ["DANet", "DANetHead", "DANetOutput", "apply_multi_grid", "create_backbone"]
+__all__ = [
+    "HUB_AVAILABLE",
+    "DANet",
+    "DANetHead",
+    "DANetOutput",
+    "SegmentationModel",
+    "apply_multi_grid",
+    "create_backbone",
+    "main_logits",
+]

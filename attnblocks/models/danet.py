@@ -6,24 +6,23 @@ https://arxiv.org/abs/1809.02983
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_float_tensor, check_positive_int
+from ..compat import MMSEG_DANET, load_original_state_dict, read_checkpoint
 from ..functional._backends import PositionBackend
 from ..functional.channel import ChannelMode
 from ..layers.conv_norm_act import LayerFactory
-from .backbone import OutputStride, create_backbone
+from ..pretrained import PretrainedConfigLike
+from .backbone import OutputStride
+from .base import SegmentationModel
 from .danet_head import DANetHead, DANetOutput
 
 
-class DANet(nn.Module):
+class DANet(SegmentationModel, paper_url="https://arxiv.org/abs/1809.02983"):
     """DANet segmentation model: timm backbone, :class:`DANetHead`, bilinear upsampling.
 
     The backbone's last feature map (stride ``output_stride``) goes through both
@@ -32,6 +31,10 @@ class DANet(nn.Module):
 
     Shapes: ``(B, in_chans, H, W)`` -> :class:`DANetOutput` of three
     ``(B, num_classes, H, W)`` logit maps, any ``H, W``.
+
+    From :class:`SegmentationModel`: ``predict``, ``predict_image``, ``from_mmseg``
+    (mmsegmentation's released DANet checkpoints), ``save_pretrained`` and
+    ``from_pretrained``; :meth:`from_original` loads the authors' checkpoints.
 
     Args:
         backbone: timm model name; any model that supports ``features_only`` and
@@ -52,7 +55,12 @@ class DANet(nn.Module):
         head_dropout: channel dropout before the classifiers (0.1 in the authors' code).
         norm_layer: normalisation of the head convolutions.
         backbone_kwargs: more keyword arguments for ``timm.create_model``.
+        pretrained_config: normalisation, class names and palette that travel with the
+            weights (see :class:`~attnblocks.pretrained.PretrainedConfig`); None:
+            ImageNet statistics and generic class names.
     """
+
+    mmseg_key_map = MMSEG_DANET
 
     def __init__(
         self,
@@ -69,50 +77,21 @@ class DANet(nn.Module):
         head_dropout: float = 0.1,
         norm_layer: LayerFactory = nn.BatchNorm2d,
         backbone_kwargs: Mapping[str, Any] | None = None,
+        pretrained_config: PretrainedConfigLike | None = None,
     ) -> None:
-        super().__init__()
-        check_positive_int("num_classes", num_classes)
-        self.backbone = create_backbone(
-            backbone, output_stride, multi_grid, pretrained=pretrained_backbone,
-            weights=backbone_weights, **dict(backbone_kwargs or {}),
+        super().__init__(
+            backbone, num_classes, output_stride, multi_grid, pretrained_backbone,
+            backbone_weights, align_corners, backbone_kwargs, pretrained_config,
         )  # fmt: skip
-        self.backbone_name = backbone
-        self.output_stride = output_stride
-        self.in_chans = int(dict(backbone_kwargs or {}).get("in_chans", 3))
-        self.align_corners = align_corners
         self.head = DANetHead(
-            self.backbone.feature_info.channels()[-1], num_classes, dropout=head_dropout,
+            self.encoder_channels, num_classes, dropout=head_dropout,
             backend=attention_backend, chunk_size=chunk_size, cam_mode=cam_mode,
             norm_layer=norm_layer,
         )  # fmt: skip
 
     def forward(self, images: Tensor) -> DANetOutput:
         """Class logits ``(out, pam, cam)`` at the size of ``images`` ``(B, in_chans, H, W)``."""
-        check_float_tensor("DANet input", images, ("B", "C", "H", "W"))
-        if images.shape[1] != self.in_chans:
-            raise ValueError(
-                f"DANet's backbone takes {self.in_chans}-channel images, got "
-                f"{images.shape[1]} channels (shape {tuple(images.shape)})"
-            )
-        features = self.backbone(images)[-1]  # (B, C, H / os, W / os)
-        logits = self.head(features)
-        size = images.shape[-2:]
-        return DANetOutput(
-            *(
-                F.interpolate(t, size=size, mode="bilinear", align_corners=self.align_corners)
-                for t in logits
-            )
-        )
-
-    @torch.inference_mode()
-    def predict(self, images: Tensor) -> Tensor:
-        """Label maps ``(B, H, W)`` from the fused output, in eval mode (switched to it).
-
-        Args:
-            images: ``(B, in_chans, H, W)`` normalised images.
-        """
-        self.eval()
-        return self(images).out.argmax(dim=1)
+        return super().forward(images)
 
     @classmethod
     def from_original(
@@ -142,25 +121,8 @@ class DANet(nn.Module):
         Raises:
             ValueError: listing missing and unexpected keys, or mismatched shapes.
         """
-        from ..compat import load_original_state_dict
-
         kwargs.setdefault("align_corners", True)
         kwargs.setdefault("output_stride", 8)
         model = cls(backbone, num_classes, multi_grid=multi_grid, **kwargs)
-        if isinstance(path_or_state_dict, (str, Path)):
-            path_or_state_dict = _load_checkpoint_file(Path(path_or_state_dict))
-        load_original_state_dict(model, path_or_state_dict)
+        load_original_state_dict(model, read_checkpoint(path_or_state_dict, "DANet.from_original"))
         return model
-
-
-def _load_checkpoint_file(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers, nothing executed."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} holds objects besides tensors (numpy scalars in the authors' "
-            "{'best_pred': ...}, say), which weights_only loading refuses. If you trust the "
-            "file, load it yourself with torch.load(path, map_location='cpu', "
-            "weights_only=False) and pass the result to DANet.from_original."
-        ) from error

@@ -104,7 +104,7 @@ def test_unexpected_keys_are_listed(original_resnet50):
     state = dict(original_resnet50)
     state["auxlayer.conv5.0.weight"] = torch.zeros(1)
     with pytest.raises(
-        ValueError, match=r"neither 'pretrained.\*' \(backbone\) nor 'head.\*'.*auxlayer"
+        ValueError, match=r"not part of the authors' DANet: \['auxlayer.conv5.0.weight'\]"
     ):
         build(state)
 

@@ -1,0 +1,78 @@
+"""Weights from other implementations: one key-mapping mechanism, one table per source.
+
+A source of weights is a :class:`KeyMap` (``_keymap.py``): an ordered table of
+:class:`Rename` rules from the source's key prefixes to this package's, the prefixes
+it drops and the wrapper prefixes it strips. ``KeyMap.convert`` renames and names the
+keys no rule covers; ``KeyMap.load_into`` then loads strictly through
+:func:`load_state_dict_strictly`, which lists every missing, unexpected or misshapen
+key in one ``ValueError``. Sources so far:
+
+- ``original.py``: the authors' DANet (``ORIGINAL_DANET``, ``ORIGINAL_DANET_HEAD``).
+- ``mmseg.py``: mmsegmentation's segmentors on ResNetV1c (``MMSEG_DANET``), with the
+  helpers that read its checkpoints and infer backbone depth and classes.
+
+Adding a source is adding a table, in a file named after the source:
+
+1. Write its rules as data, relative to the part they describe, e.g. for a head
+   ``(Rename("pam.query_project.", "attention.pam.query_conv."), ...)``; give a rule a
+   ``convert`` where the tensor layout differs too (``scalar_to_vector`` turns mmcv's
+   0-d ``Scale.scale`` into a ``gamma`` of shape ``[1]``).
+2. Compose the whole model's :class:`KeyMap` from parts with :func:`prefixed`; an mmseg
+   segmentor on ResNetV1c is one line, ``mmseg_segmentor_key_map("CCNet", rules)``.
+3. Load with ``key_map.load_into(model, checkpoint)`` (models point to their mmseg
+   table with the class attribute ``mmseg_key_map``, which ``from_mmseg`` uses), and
+   test it on the source's reference fixture: outputs equal, and a removed, added or
+   reshaped key named in the error.
+"""
+
+from ._checkpoint import read_checkpoint
+from ._keymap import (
+    KeyMap,
+    Rename,
+    load_state_dict_strictly,
+    prefixed,
+    scalar_to_vector,
+    unwrap_state_dict,
+)
+from .mmseg import (
+    MMSEG_DAHEAD_RULES,
+    MMSEG_DANET,
+    MMSEG_RESNET_V1C_RULES,
+    convert_mmseg_danet_state_dict,
+    mmseg_backbone_name,
+    mmseg_num_classes,
+    mmseg_segmentor_key_map,
+    read_mmseg_checkpoint,
+)
+from .original import (
+    ORIGINAL_DANET,
+    ORIGINAL_DANET_HEAD,
+    ORIGINAL_DANET_HEAD_RULES,
+    convert_original_head_state_dict,
+    convert_original_state_dict,
+    load_original_state_dict,
+)
+
+__all__ = [
+    "MMSEG_DAHEAD_RULES",
+    "MMSEG_DANET",
+    "MMSEG_RESNET_V1C_RULES",
+    "ORIGINAL_DANET",
+    "ORIGINAL_DANET_HEAD",
+    "ORIGINAL_DANET_HEAD_RULES",
+    "KeyMap",
+    "Rename",
+    "convert_mmseg_danet_state_dict",
+    "convert_original_head_state_dict",
+    "convert_original_state_dict",
+    "load_original_state_dict",
+    "load_state_dict_strictly",
+    "mmseg_backbone_name",
+    "mmseg_num_classes",
+    "mmseg_segmentor_key_map",
+    "prefixed",
+    "read_checkpoint",
+    "read_mmseg_checkpoint",
+    "scalar_to_vector",
+    "unwrap_state_dict",
+]

@@ -1,0 +1,279 @@
+"""The scaffold the package's segmentation models share: timm backbone -> head -> upsample.
+
+An architecture's file builds only its head (``self.head``, fed the backbone's last
+feature map; it returns logits, or a NamedTuple of logit maps with the prediction
+first) and points to its compat table for mmseg checkpoints. :class:`SegmentationModel`
+builds the dilated backbone, upsamples every logit map to the input size, predicts
+labels for tensors and for images (with the preprocessing of its
+:class:`~attnblocks.pretrained.PretrainedConfig`), loads mmsegmentation checkpoints,
+and saves and loads itself with huggingface_hub's ``PyTorchModelHubMixin``
+(``save_pretrained`` / ``from_pretrained``), as segmentation_models.pytorch's
+``SegmentationModel`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import check_float_tensor, check_positive_int
+from ..compat import (
+    KeyMap,
+    load_state_dict_strictly,
+    mmseg_backbone_name,
+    mmseg_num_classes,
+    read_mmseg_checkpoint,
+)
+from ..inference import Size2, predict_labels
+from ..pretrained import (
+    MMSEG_CHECKPOINTS,
+    ImageLike,
+    PretrainedConfig,
+    PretrainedConfigLike,
+    find_mmseg_checkpoint,
+    load_mmseg_checkpoint,
+    mmseg_pretrained_config,
+    read_rgb,
+)
+from ._hub import HubMixin
+from .backbone import OutputStride, create_backbone
+
+Model = TypeVar("Model", bound="SegmentationModel")
+FromConfig = Literal["config"]
+# Keyword arguments that fetch weights when a model is built: a saved model has its own.
+_WEIGHT_SOURCES = {"pretrained_backbone": False, "backbone_weights": None}
+
+
+def main_logits(output: Tensor | Sequence[Tensor]) -> Tensor:
+    """The prediction's logits in a model's output: the tensor, or a tuple's first element."""
+    return output if isinstance(output, Tensor) else output[0]
+
+
+class SegmentationModel(
+    nn.Module,
+    HubMixin,
+    library_name="attnblocks",
+    pipeline_tag="image-segmentation",
+    tags=["semantic-segmentation", "attnblocks"],
+):
+    """Base of the segmentation models: a dilated timm backbone, a head, bilinear upsampling.
+
+    Subclasses build ``self.head`` after calling ``super().__init__``; the head gets
+    ``(B, encoder_channels, H / os, W / os)`` features and returns logits (or a
+    NamedTuple of logit maps, the prediction first), which :meth:`forward` upsamples
+    to the input size.
+
+    Args:
+        backbone: timm model name; any model that supports ``features_only`` and
+            ``output_stride``.
+        num_classes: number of classes.
+        output_stride: 8 or 16; the last stages are dilated instead of strided.
+        multi_grid: per-block dilations of the last ResNet stage; None keeps timm's.
+        pretrained_backbone: load timm's ImageNet weights for the backbone (download).
+        backbone_weights: local file of those weights, used instead of a download.
+        align_corners: of the bilinear upsampling of the logits.
+        backbone_kwargs: more keyword arguments for ``timm.create_model``.
+        pretrained_config: normalisation, class names, palette and test-time resizing
+            (a :class:`~attnblocks.pretrained.PretrainedConfig` or its dict); None:
+            ImageNet statistics and generic class names.
+    """
+
+    head: nn.Module
+    #: the compat table for mmsegmentation checkpoints of this architecture (None: none)
+    mmseg_key_map: ClassVar[KeyMap | None] = None
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        output_stride: OutputStride = 8,
+        multi_grid: Sequence[int] | None = None,
+        pretrained_backbone: bool = False,
+        backbone_weights: str | Path | None = None,
+        align_corners: bool = False,
+        backbone_kwargs: Mapping[str, Any] | None = None,
+        pretrained_config: PretrainedConfigLike | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive_int("num_classes", num_classes)
+        backbone_kwargs = dict(backbone_kwargs or {})
+        self.backbone = create_backbone(
+            backbone, output_stride, multi_grid, pretrained=pretrained_backbone,
+            weights=backbone_weights, **backbone_kwargs,
+        )  # fmt: skip
+        self.backbone_name = backbone
+        self.num_classes = num_classes
+        self.output_stride = output_stride
+        self.in_chans = int(backbone_kwargs.get("in_chans", 3))
+        self.align_corners = align_corners
+        self.pretrained_config = PretrainedConfig.resolve(pretrained_config, num_classes)
+
+    @property
+    def encoder_channels(self) -> int:
+        """Channels of the backbone features the head receives."""
+        return int(self.backbone.feature_info.channels()[-1])
+
+    def forward(self, images: Tensor) -> Any:
+        """Head logits upsampled to the size of ``images`` ``(B, in_chans, H, W)``."""
+        name = type(self).__name__
+        check_float_tensor(f"{name} input", images, ("B", "C", "H", "W"))
+        if images.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{name}'s backbone takes {self.in_chans}-channel images, got "
+                f"{images.shape[1]} channels (shape {tuple(images.shape)})"
+            )
+        features = self.backbone(images)[-1]  # (B, C, H / os, W / os)
+        logits = self.head(features)
+        size = images.shape[-2:]
+
+        def upsample(t: Tensor) -> Tensor:
+            return F.interpolate(t, size=size, mode="bilinear", align_corners=self.align_corners)
+
+        if isinstance(logits, Tensor):
+            return upsample(logits)
+        return type(logits)(*(upsample(t) for t in logits))  # a NamedTuple of logit maps
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor) -> Tensor:
+        """Label maps ``(B, H, W)`` from the prediction's logits, in eval mode (switched to it).
+
+        Args:
+            images: ``(B, in_chans, H, W)`` normalised images.
+        """
+        self.eval()
+        return main_logits(self(images)).argmax(dim=1)
+
+    @torch.inference_mode()
+    def predict_image(
+        self,
+        image: ImageLike,
+        *,
+        crop_size: Size2 | FromConfig | None = "config",
+        stride: Size2 | FromConfig | None = "config",
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        resize: bool = True,
+    ) -> Tensor:
+        """The label map of one RGB image at the image's size, in eval mode (switched to it).
+
+        The image is normalised with :attr:`pretrained_config`, resized by its
+        ``image_scale`` (as the training pipeline's test resize), predicted whole or in
+        sliding windows through :func:`attnblocks.inference.predict_labels` (softmax
+        averaged over windows, scales and flips) and the labels read at the original size.
+
+        Args:
+            image: a file path, a PIL image, or a uint8 ``(H, W, 3)`` RGB array / tensor.
+            crop_size: sliding-window size; ``"config"``: the pretrained config's
+                (None there: the whole image at once); None: the whole image.
+            stride: step between windows; ``"config"``: the pretrained config's with its
+                window, else the default (2/3 of the crop).
+            scales: extra resize factors to average over (multi-scale testing).
+            flip: also average the mirrored image's prediction.
+            resize: apply the config's ``image_scale``; False predicts at the image's size.
+
+        Returns:
+            ``(H, W)`` int64 labels on the CPU; class names in
+            ``model.pretrained_config.class_names``, colours with
+            ``model.pretrained_config.colorize(labels)``.
+        """
+        config = self.pretrained_config
+        if self.in_chans != 3 or len(config.mean) != 3:
+            raise ValueError(
+                f"predict_image takes RGB images; this model takes {self.in_chans}-channel "
+                f"input normalised with {len(config.mean)} means: call it on tensors instead"
+            )
+        pixels = read_rgb(image)  # (3, H, W) uint8
+        parameter = next(self.parameters())
+        x = config.normalize(pixels.to(parameter.device)).unsqueeze(0).to(parameter.dtype)
+        factor = config.rescale_factor(*pixels.shape[-2:]) if resize else 1.0
+        self.eval()
+        if stride == "config":  # the config's step belongs to the config's window only
+            stride = config.stride if crop_size == "config" else None
+        if crop_size == "config":
+            crop_size = config.crop_size
+        labels = predict_labels(
+            self, x, crop_size=crop_size, stride=stride, scales=[factor * s for s in scales],
+            flip=flip, align_corners=self.align_corners,
+        )  # fmt: skip
+        return labels[0].cpu()
+
+    @classmethod
+    def from_mmseg(
+        cls: type[Model], path_or_checkpoint: str | Path | Mapping[str, Any], **kwargs: Any
+    ) -> Model:
+        """Build the model of an mmsegmentation checkpoint and load it strictly; eval mode.
+
+        Reads the checkpoint (``weights_only``), infers the backbone depth (timm's
+        ``resnet50c``/``resnet101c`` = mmseg's ResNetV1c) and ``num_classes`` from its
+        weights, builds the model at output stride 8 with ``align_corners=False`` as
+        mmseg upsamples (True for the Cityscapes 769x769 models, which were trained so,
+        when the file or config name is recognised), converts the keys with the
+        architecture's compat table (``auxiliary_head.*`` dropped) and loads them:
+        anything missing, unexpected or misshapen raises a ValueError listing it all.
+        The :attr:`pretrained_config` gets the dataset's class names and palette
+        (from the checkpoint's meta, the recognised release, or the class count).
+
+        Args:
+            path_or_checkpoint: an mmseg ``.pth`` file, its loaded contents (``{"meta":
+                ..., "state_dict": ...}`` or a bare state dict), a config name of
+                :data:`attnblocks.pretrained.MMSEG_CHECKPOINTS` or a URL (downloaded once
+                with its hash checked).
+            **kwargs: further constructor arguments (``attention_backend``...); they
+                override the inferred ones.
+
+        Raises:
+            ValueError: for a backbone other than ResNetV1c-50/101, keys that are not
+                part of the mmseg model, or missing, unexpected or misshapen keys.
+            FileNotFoundError: for a path that is not a file, nor a known name or URL.
+        """
+        key_map = cls.mmseg_key_map
+        if key_map is None:
+            raise NotImplementedError(f"{cls.__name__} has no table for mmseg checkpoints")
+        entry, checkpoint = None, path_or_checkpoint
+        if isinstance(checkpoint, (str, Path)):
+            entry = find_mmseg_checkpoint(checkpoint)
+            text = str(checkpoint)
+            if not Path(checkpoint).is_file() and (text in MMSEG_CHECKPOINTS or "://" in text):
+                checkpoint = load_mmseg_checkpoint(text)
+        state_dict, meta = read_mmseg_checkpoint(checkpoint, f"{cls.__name__}.from_mmseg")
+        num_classes, backbone = mmseg_num_classes(state_dict), mmseg_backbone_name(state_dict)
+        converted = key_map.convert(state_dict)  # unknown keys fail here, before building
+        options: dict[str, Any] = dict(
+            backbone=backbone, num_classes=num_classes, output_stride=8,
+            align_corners=entry.align_corners if entry is not None else False,
+            pretrained_config=mmseg_pretrained_config(num_classes, meta, entry),
+        )  # fmt: skip
+        model = cls(**{**options, **kwargs})
+        load_state_dict_strictly(model, converted, key_map.hint)
+        return model.eval()
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Any:
+        """Write ``config.json`` (constructor arguments) and ``model.safetensors`` into a folder.
+
+        ``config.json`` holds what rebuilds the model: backbone, classes, output stride,
+        multi-grid, alignment, attention settings and the :attr:`pretrained_config`
+        (normalisation, class names, palette, test resize and window). Arguments that
+        are not JSON (a custom ``norm_layer``) are not saved: pass them again to
+        ``from_pretrained``. Needs the ``hub`` extra.
+
+        Args:
+            save_directory: the folder (created if needed).
+            **kwargs: passed to ``PyTorchModelHubMixin.save_pretrained``
+                (``push_to_hub=True``, ``repo_id``...).
+        """
+        if "config" not in kwargs:
+            config = dict(getattr(self, "_hub_mixin_config", None) or {})
+            config.update(_WEIGHT_SOURCES)  # the saved weights replace any ImageNet download
+            config["pretrained_config"] = self.pretrained_config.to_dict()
+            kwargs["config"] = config
+        return super().save_pretrained(save_directory, **kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, strict: bool = True, **kwargs: Any) -> Any:
+        """The mixin's loader, strict by default: every weight of the model must be in the file."""
+        return super()._from_pretrained(strict=strict, **kwargs)  # type: ignore[misc]

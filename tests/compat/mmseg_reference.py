@@ -1,0 +1,85 @@
+"""mmseg checkpoints for tests: the fixture's fill-rule weights, and other depths / class counts.
+
+The fixture (``tests/data/mm_reference``) lists the keys of mmseg's DANet-R50 on
+Cityscapes exactly as mmseg's ``state_dict()`` does, ``auxiliary_head.*`` included.
+ResNetV1c-101 differs only in the number of ``layer3`` blocks (23 instead of 6), so its
+key list is the fixture's with blocks 6..22 added after block 5's pattern: mmseg-named
+keys made without this package's mapping.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+import torch
+from torch import Tensor
+
+from tests.reference import MM_DATA_DIR, fill_rule, load_arrays, manifest
+
+CLASSIFIERS = ("decode_head.conv_seg.", "decode_head.pam_conv_seg.",
+               "decode_head.cam_conv_seg.", "auxiliary_head.conv_seg.")  # fmt: skip
+# The released files' meta (mmseg 0.x): strings, the config text, class names and palette.
+META = {"mmseg_version": "0.5.0+b2724da", "config": "model = dict(type='EncoderDecoder', ...)",
+        "CLASSES": ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+                    "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
+                    "truck", "bus", "train", "motorcycle", "bicycle"),
+        "iter": 80000}  # fmt: skip
+
+
+def fixture_config() -> dict:
+    """The mmseg DANet fixture's manifest entry (configuration, seed, keys)."""
+    return manifest(MM_DATA_DIR)["mmseg_danet"]
+
+
+def fixture_arrays() -> dict[str, Tensor]:
+    """The mmseg DANet fixture's input and outputs."""
+    return load_arrays("mmseg_danet", MM_DATA_DIR)
+
+
+@cache
+def _fixture_state_dict() -> dict[str, Tensor]:
+    entry = fixture_config()
+    return fill_rule(entry["keys"], entry["weights_seed"])
+
+
+def fixture_state_dict() -> dict[str, Tensor]:
+    """The fixture's weights by its fill rule, mmseg key names, ``auxiliary_head.*`` included.
+
+    A new dict each call (the tensors are shared: do not change them in place).
+    """
+    return dict(_fixture_state_dict())
+
+
+def fixture_checkpoint() -> dict:
+    """The fixture's weights wrapped as mmseg releases them: ``{"meta", "state_dict"}``."""
+    return {"meta": dict(META), "state_dict": fixture_state_dict()}
+
+
+def mmseg_danet_keys(layer3_blocks: int = 6, num_classes: int = 19) -> list:
+    """``[key, shape]`` of an mmseg DANet with ``layer3_blocks`` blocks in layer3 (23: R-101)."""
+    keys = []
+    block5 = [(k, s) for k, s in fixture_config()["keys"] if k.startswith("backbone.layer3.5.")]
+    for key, shape in fixture_config()["keys"]:
+        if key.startswith(CLASSIFIERS) and shape:
+            shape = [num_classes, *shape[1:]]
+        keys.append([key, shape])
+        if key == block5[-1][0]:  # after the last key of layer3.5: blocks 6.. as copies of it
+            for block in range(6, layer3_blocks):
+                keys += [[re.sub(r"layer3\.5\.", f"layer3.{block}.", k), s] for k, s in block5]
+    return keys
+
+
+def mmseg_danet_state_dict(layer3_blocks: int = 6, num_classes: int = 19) -> dict[str, Tensor]:
+    """Random weights for :func:`mmseg_danet_keys` (distinct values, for checking where they land).
+
+    Drawn with torch (seed 0), faster than the fill rule for the 43M weights of R-101.
+    """
+    generator = torch.Generator().manual_seed(0)
+    return {key: torch.randn(shape, generator=generator)
+            for key, shape in mmseg_danet_keys(layer3_blocks, num_classes)}  # fmt: skip
+
+
+def save_fixture_checkpoint(path) -> None:
+    """Write the wrapped fixture checkpoint to ``path`` as ``torch.save`` does for mmseg."""
+    torch.save(fixture_checkpoint(), path)

@@ -1,0 +1,181 @@
+"""The shared scaffold: predict_image with the pretrained config, Hub-style save/load, no hub."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from attnblocks.inference import predict_labels
+from attnblocks.models import DANet
+from attnblocks.pretrained import PretrainedConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = PretrainedConfig(
+    class_names=("sky", "sea", "sand"), palette=((0, 0, 255), (0, 128, 255), (255, 220, 0)),
+    mean=(100.0, 110.0, 120.0), std=(50.0, 60.0, 70.0), dataset=None,
+)  # fmt: skip
+IMAGE = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+
+
+def small_danet(**kwargs):
+    torch.manual_seed(0)
+    model = DANet("resnet18", num_classes=3, pretrained_config=CONFIG, **kwargs).eval()
+    for block in (model.head.attention.pam, model.head.attention.cam):
+        block.gamma.data.fill_(0.5)  # make the attention count
+    return model
+
+
+def normalised(config=CONFIG):
+    """The image as the model's input, computed here in float64 from the config's numbers."""
+    mean = torch.tensor(config.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, dtype=torch.float64).view(1, 3, 1, 1)
+    pixels = torch.from_numpy(IMAGE).permute(2, 0, 1).unsqueeze(0).double()
+    return ((pixels - mean) / std).float()
+
+
+def test_predict_image_normalises_with_the_config():
+    model = small_danet()
+    labels = model.predict_image(IMAGE)
+    assert labels.shape == (37, 53) and labels.dtype == torch.int64
+    assert torch.equal(labels, model.predict(normalised())[0])
+    assert len(labels.unique()) > 1  # a real labelling, not a constant
+
+
+def test_predict_image_resizes_by_the_image_scale_and_reads_labels_at_the_image_size():
+    model = small_danet()
+    model.pretrained_config = PretrainedConfig(**{**CONFIG.to_dict(), "image_scale": (80, 60)})
+    factor = min(80 / 53, 60 / 37)  # long edge 53 -> at most 80, short edge 37 -> at most 60
+    size = (int(37 * factor + 0.5), int(53 * factor + 0.5))
+    with torch.no_grad():
+        logits = model(F.interpolate(normalised(), size=size, mode="bilinear")).out
+    probs = F.interpolate(logits.softmax(dim=1), size=(37, 53), mode="bilinear")
+    assert torch.equal(model.predict_image(IMAGE), probs.argmax(dim=1)[0])
+    assert torch.equal(model.predict_image(IMAGE, resize=False), model.predict(normalised())[0])
+
+
+def test_predict_image_slides_the_configs_window_unless_told_otherwise():
+    model = small_danet()
+    model.pretrained_config = PretrainedConfig(**{**CONFIG.to_dict(), "crop_size": (32, 40),
+                                                  "stride": (16, 20)})  # fmt: skip
+    windows = predict_labels(model, normalised(), crop_size=(32, 40), stride=(16, 20))[0]
+    assert torch.equal(model.predict_image(IMAGE), windows)
+    assert not torch.equal(windows, model.predict(normalised())[0])  # the windows made a difference
+    flipped = predict_labels(model, normalised(), flip=True, scales=(1.0, 0.5))[0]
+    assert torch.equal(model.predict_image(IMAGE, crop_size=None, flip=True, scales=(1.0, 0.5)),
+                       flipped)  # fmt: skip
+
+
+def test_predict_image_needs_an_rgb_model():
+    model = DANet("resnet18", num_classes=2, backbone_kwargs={"in_chans": 1})
+    with pytest.raises(ValueError, match="takes RGB images; this model takes 1-channel input"):
+        model.predict_image(IMAGE)
+
+
+# --- save_pretrained / from_pretrained (local folders: no network) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A bottleneck DANet with multi-grid, output stride 16 and local ImageNet weights, saved."""
+    folder = tmp_path_factory.mktemp("hub")
+    weights = folder / "resnet26_imagenet.pth"
+    torch.save(timm.create_model("resnet26").state_dict(), weights)
+    torch.manual_seed(0)
+    model = DANet(
+        "resnet26", num_classes=3, output_stride=16, multi_grid=(1, 2),
+        backbone_weights=str(weights), attention_backend="chunked", chunk_size=64,
+        head_dropout=0.2, pretrained_config=CONFIG, backbone_kwargs={"zero_init_last": False},
+    ).eval()  # fmt: skip
+    model.head.attention.cam.gamma.data.fill_(0.3)
+    model.save_pretrained(folder / "danet")
+    weights.unlink()  # the saved model must not need the ImageNet file any more
+    return model, folder / "danet"
+
+
+def test_saved_folder_holds_config_json_and_safetensors(saved):
+    _, folder = saved
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in folder.iterdir()}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["backbone"] == "resnet26" and config["num_classes"] == 3
+    assert config["output_stride"] == 16 and config["multi_grid"] == [1, 2]
+    assert config["backbone_weights"] is None and config["pretrained_backbone"] is False
+    assert config["pretrained_config"]["class_names"] == ["sky", "sea", "sand"]
+    assert config["pretrained_config"]["mean"] == [100.0, 110.0, 120.0]
+    assert config["attention_backend"] == "chunked" and config["head_dropout"] == 0.2
+
+
+def test_from_pretrained_gives_identical_outputs(saved):
+    model, folder = saved
+    restored = DANet.from_pretrained(folder)
+    assert not restored.training and restored.pretrained_config == CONFIG
+    assert restored.head.attention.pam.backend == "chunked"
+    assert restored.backbone.layer4[1].conv2.dilation == (2, 2)  # multi-grid rebuilt
+    images = torch.randn(1, 3, 48, 40)
+    with torch.no_grad():
+        for ours, theirs in zip(restored(images), model(images)):
+            assert torch.equal(ours, theirs)
+    assert torch.equal(restored.predict_image(IMAGE), model.predict_image(IMAGE))
+
+
+def test_from_pretrained_keyword_arguments_override_the_config(saved):
+    _, folder = saved
+    assert (
+        DANet.from_pretrained(folder, attention_backend="bmm").head.attention.pam.backend == "bmm"
+    )
+
+
+def test_from_pretrained_is_strict(saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, folder = saved
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((folder / "config.json").read_text())
+    weights = load_file(folder / "model.safetensors")
+    del weights["head.fused_classifier.conv.bias"]
+    save_file(weights, broken / "model.safetensors")
+    with pytest.raises(RuntimeError, match=r"head\.fused_classifier\.conv\.bias"):
+        DANet.from_pretrained(broken)
+
+
+def test_without_huggingface_hub_the_package_works():
+    script = textwrap.dedent(
+        """
+        import sys
+
+        class NoHub:  # a meta-path finder that makes the hub packages unimportable
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("huggingface_hub", "safetensors"):
+                    raise ImportError(f"blocked: {name}")
+
+        sys.meta_path.insert(0, NoHub())
+        import numpy as np
+        import torch
+        import attnblocks
+        from attnblocks.models import HUB_AVAILABLE, DANet
+
+        assert not HUB_AVAILABLE and "huggingface_hub" not in sys.modules
+        model = DANet("resnet18", num_classes=3)
+        assert model(torch.randn(1, 3, 32, 32)).out.shape == (1, 3, 32, 32)
+        assert model.predict_image(np.zeros((20, 30, 3), np.uint8)).shape == (20, 30)
+        for call in (lambda: model.save_pretrained("x"), lambda: DANet.from_pretrained("x")):
+            try:
+                call()
+            except ImportError as error:
+                assert 'pip install "attnblocks[hub]"' in str(error)
+            else:
+                raise AssertionError("no ImportError")
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, env={"PYTHONPATH": str(REPO), "PATH": ""})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -1,0 +1,106 @@
+"""The table of mmseg's released DANet checkpoints and the hash-checked download helper."""
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnblocks.pretrained import (
+    MMSEG_CHECKPOINTS,
+    MMSEG_DOWNLOAD_ROOT,
+    find_mmseg_checkpoint,
+    load_mmseg_checkpoint,
+    mmseg_pretrained_config,
+)
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_sixteen_danet_releases():
+    entries = list(MMSEG_CHECKPOINTS.values())
+    assert len(entries) == 16
+    assert Counter(e.dataset for e in entries) == {"cityscapes": 8, "ade20k": 4, "voc": 4}
+    assert Counter(e.backbone for e in entries) == {"resnet50c": 8, "resnet101c": 8}
+    for entry in entries:
+        assert entry.url.startswith(MMSEG_DOWNLOAD_ROOT + "danet/" + entry.run + "/")
+        assert entry.miou_ms_flip is None or entry.miou_ms_flip > entry.miou
+
+
+def test_torch_hub_finds_the_hash_prefix_in_every_file_name():
+    # check_hash=True compares the file's SHA-256 with what this regex finds in its name
+    for entry in MMSEG_CHECKPOINTS.values():
+        assert torch.hub.HASH_REGEX.search(entry.file_name).group(1) == entry.sha256_prefix
+        assert len(entry.sha256_prefix) == 8
+
+
+def test_readme_lists_every_checkpoint():
+    rows = [line for line in README.read_text().splitlines() if MMSEG_DOWNLOAD_ROOT in line]
+    assert len(rows) == 16
+    for entry in MMSEG_CHECKPOINTS.values():
+        row = next(line for line in rows if entry.url in line)
+        ms = "-" if entry.miou_ms_flip is None else f"{entry.miou_ms_flip:.2f}"
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert entry.config in cells[0] and f"{entry.miou:.2f}" in cells and ms in cells
+        assert f"`{entry.sha256_prefix}`" in cells
+
+
+def test_find_by_config_file_name_path_or_url():
+    entry = MMSEG_CHECKPOINTS["danet_r101-d8_4xb2-80k_cityscapes-769x769"]
+    for name in (entry.config, entry.file_name, f"/data/{entry.file_name}", entry.url):
+        assert find_mmseg_checkpoint(name) is entry
+    assert find_mmseg_checkpoint("danet.pth") is None
+
+
+def saved_with_hash(directory, prefix_override=None):
+    """A small checkpoint file named ``danet-<first 8 hex of its SHA-256>.pth``."""
+    directory.mkdir()
+    source = directory / "tmp.pth"
+    torch.save({"meta": {}, "state_dict": {"w": torch.arange(3.0)}}, source)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:8]
+    target = directory / f"danet-{prefix_override or digest}.pth"
+    source.rename(target)
+    return target.as_uri()
+
+
+def test_download_checks_the_hash_in_the_file_name(tmp_path):
+    good = saved_with_hash(tmp_path / "good")
+    loaded = load_mmseg_checkpoint(good, model_dir=tmp_path / "cache", progress=False)
+    assert torch.equal(loaded["state_dict"]["w"], torch.arange(3.0))
+    assert (tmp_path / "cache" / good.rsplit("/", 1)[1]).is_file()
+    bad = saved_with_hash(tmp_path / "bad", prefix_override="0badc0de")
+    with pytest.raises(RuntimeError, match="invalid hash value"):
+        load_mmseg_checkpoint(bad, model_dir=tmp_path / "cache2", progress=False)
+
+
+def test_a_config_name_downloads_its_url_with_the_hash_check(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda url, **kwargs: calls.append((url, kwargs)) or {})  # fmt: skip
+    load_mmseg_checkpoint("danet_r50-d8_4xb4-20k_voc12aug-512x512")
+    url, kwargs = calls[0]
+    assert url == MMSEG_CHECKPOINTS["danet_r50-d8_4xb4-20k_voc12aug-512x512"].url
+    assert kwargs["check_hash"] and kwargs["weights_only"] and kwargs["map_location"] == "cpu"
+    with pytest.raises(ValueError, match="unknown mmseg checkpoint 'danet_r18'"):
+        load_mmseg_checkpoint("danet_r18")
+
+
+def test_pretrained_config_from_release_class_count_or_nothing():
+    voc = mmseg_pretrained_config(21, {}, None)
+    assert voc.dataset == "voc" and voc.class_names[15] == "person" and voc.crop_size is None
+    ade = mmseg_pretrained_config(
+        150, {}, MMSEG_CHECKPOINTS["danet_r50-d8_4xb4-80k_ade20k-512x512"]
+    )
+    assert ade.dataset == "ade20k" and ade.image_scale == (2048, 512)
+    assert mmseg_pretrained_config(5, {}, None).class_names[4] == "class 4"
+    named = mmseg_pretrained_config(2, {"dataset_meta": {"classes": ["sky", "sea"]}}, None)
+    assert named.class_names == ("sky", "sea") and len(named.palette) == 2
+
+
+def test_class_names_and_palette_in_meta_win():
+    meta = {"CLASSES": tuple(f"thing {i}" for i in range(19)),
+            "PALETTE": [[i, i, i] for i in range(19)]}  # fmt: skip
+    config = mmseg_pretrained_config(19, meta, None)
+    assert config.class_names[3] == "thing 3" and config.palette[3] == (3, 3, 3)
+    assert config.dataset == "cityscapes"  # the test resize of the dataset stays
