@@ -117,13 +117,13 @@ def sdpa_position_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor
     if sdpa_kernel is None or query.dtype not in _FUSED_DTYPES:
         return None
     if value.dtype != query.dtype:
-        split = split_query_key(query, key, value.dtype)
-        if _fits(split) and not needs_grad(query, key, value):
+        # Gradients: the fused backward rounds dQ and dK to the low dtype and takes its
+        # softmax correction from the rounded output, which misses the precision contract
+        # (README); queries or keys beyond float16's range do not split. Float32 kernel then.
+        split = None if needs_grad(query, key, value) else split_query_key(query, key, value.dtype)
+        if split is not None and _fits(split):
             query, key = split
         else:
-            # Gradients: the fused backward rounds dQ and dK to the low dtype and takes its
-            # softmax correction from the rounded output, which misses the precision contract
-            # (README); queries or keys beyond float16's range do not split. Float32 kernel.
             value = value.to(query.dtype)
     value_width = value.shape[-1]
     if query.device.type == "cuda":
