@@ -597,14 +597,14 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, device: torch.d
                           model.head.attention.cam.gamma.item())  # fmt: skip
                 _report(progress, iteration, loss.item(), lr, gammas, args.log_every)
                 stop_signal = _agreed_signal(signals, device, world_size)
-                if (iteration % args.checkpoint_every == 0 or stop_signal
-                        or iteration in (total, args.stop_at)):  # fmt: skip
-                    written = write_checkpoint()
                 if stop_signal:
+                    written = write_checkpoint() or args.out  # (process 0 knows the file)
                     name = signal.Signals(stop_signal).name
                     log.warning("%s at iteration %d: checkpoint written to %s; continue with "
-                                "--resume", name, iteration, written or args.out)  # fmt: skip
+                                "--resume", name, iteration, written)  # fmt: skip
                     raise Interrupted(stop_signal, f"stopped by {name} at iteration {iteration}")
+                if iteration % args.checkpoint_every == 0 or iteration in (total, args.stop_at):
+                    write_checkpoint()
                 if iteration == args.stop_at:
                     log.info("stopping at iteration %d as asked (--stop-at)", iteration)
                     if world_size > 1:
@@ -612,7 +612,12 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, device: torch.d
                     return None
                 if iteration >= total:
                     break
+        stop_signal = _agreed_signal(signals, device, world_size)  # during the last checkpoint?
         signals.deferred = False  # the last checkpoint is written: a signal now just stops
+    if stop_signal:
+        name = signal.Signals(stop_signal).name
+        log.warning("%s after the last iteration: its checkpoint is written; no evaluation", name)
+        raise Interrupted(stop_signal, f"stopped by {name} before the evaluation")
     seconds = seconds_before + time.perf_counter() - started
     log.info("trained %d iterations in %.0f s; evaluating", total, seconds)
 
