@@ -95,6 +95,17 @@ def _starts(length: int, crop: int, stride: int) -> list[int]:
     return starts
 
 
+def _model_align_corners(model: Model) -> bool:
+    """The ``align_corners`` a model upsamples with (DDP's ``module`` looked into); else False.
+
+    Resizing images and scores as the model resizes its logits keeps them aligned: a
+    model built with ``align_corners=True`` (the authors' DANet) was evaluated that way.
+    """
+    inner = getattr(model, "module", model)  # DistributedDataParallel / DataParallel wrap it
+    value = getattr(inner, "align_corners", False)
+    return value if isinstance(value, bool) else False
+
+
 def _probabilities(model: Model, x: Tensor) -> Tensor:
     """Softmax over classes of ``model(x)``'s logits in float32, checked to match ``x``'s size."""
     out = model(x)
@@ -164,7 +175,7 @@ def predict_scores(
     stride: Size2 | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
-    align_corners: bool = False,
+    align_corners: bool | None = None,
 ) -> Tensor:
     """Class probabilities of a segmentation model, averaged over windows, flips and scales.
 
@@ -194,7 +205,9 @@ def predict_scores(
         scales: resize factors of the image, e.g. ``(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``.
         flip: also predict the horizontally flipped image.
         align_corners: ``align_corners`` of the bilinear resizing of images and
-            probabilities.
+            probabilities; None (default) takes the model's own ``align_corners``
+            attribute (a :class:`~attnblocks.models.DANet`'s, also inside DDP), False
+            for models without one.
 
     Returns:
         ``(B, K, H, W)`` float32 class probabilities (summing to 1 over ``K``) on
@@ -206,6 +219,8 @@ def predict_scores(
         raise ValueError(f"images must be non-empty, got shape {tuple(images.shape)}")
     crop, step = _check_windows(crop_size, stride)
     factors = _check_scales(scales)
+    if align_corners is None:
+        align_corners = _model_align_corners(model)
 
     total: Tensor | None = None
     with torch.inference_mode():
@@ -237,7 +252,7 @@ def predict_labels(
     stride: Size2 | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
-    align_corners: bool = False,
+    align_corners: bool | None = None,
 ) -> Tensor:
     """Per-pixel class labels: the argmax over classes of :func:`predict_scores`.
 

@@ -17,7 +17,10 @@ from .models.danet_head import DANetOutput
 class DANetLoss(nn.Module):
     """``CE(out) + w_pam * CE(pam) + w_cam * CE(cam)``, void pixels ignored.
 
-    The authors weight all three outputs equally (``aux_weights=(1.0, 1.0)``).
+    The authors weight all three outputs equally (``aux_weights=(1.0, 1.0)``). Each
+    cross-entropy is the mean over the scored (not ignored) pixels of the batch; a batch
+    in which every pixel is ignored (an ADE20K crop of only "other", say) gives a loss
+    of 0 with zero gradients, not NaN.
 
     Args:
         ignore_index: label of pixels that count nowhere (255 in Cityscapes and VOC).
@@ -47,10 +50,16 @@ class DANetLoss(nn.Module):
                 f"target must be (B, H, W) = {(out.shape[0], *out.shape[2:])} labels for "
                 f"logits of shape {tuple(out.shape)}, got shape {tuple(target.shape)}"
             )
-        loss = F.cross_entropy(out, target, ignore_index=self.ignore_index)
+        # cross_entropy's own mean divides by the scored pixels: 0 / 0 = NaN when there are none.
+        scored = (target != self.ignore_index).sum().clamp(min=1)
+        loss = self._cross_entropy_sum(out, target) / scored
         for weight, logits in zip(self.aux_weights, (pam, cam)):
-            loss = loss + weight * F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+            loss = loss + weight * (self._cross_entropy_sum(logits, target) / scored)
         return loss
+
+    def _cross_entropy_sum(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Cross-entropy summed over the scored pixels (0 when there are none)."""
+        return F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum")
 
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, aux_weights={self.aux_weights}"

@@ -247,6 +247,22 @@ class _FolderSegmentation(Dataset):
             )
         return train_ids
 
+    def to_label_file_values(self, train_ids: np.ndarray) -> np.ndarray:
+        """Train ids back to the values this dataset's label files hold (Cityscapes label ids,
+        ADE20K 1..150, VOC class indices): the format its benchmark servers take.
+
+        Args:
+            train_ids: integer array of train ids ``0 .. num_classes - 1``.
+
+        Returns:
+            ``uint8`` array of the same shape.
+        """
+        file_values = np.zeros(self.NUM_CLASSES, dtype=np.uint8)
+        for raw, train_id in enumerate(self._LABEL_TABLE):
+            if 0 <= train_id < self.NUM_CLASSES:
+                file_values[train_id] = raw  # one raw value per train id in every dataset here
+        return file_values[np.asarray(train_ids)]
+
     def _valid_range_text(self) -> str:
         """The raw label values this dataset accepts, as text for error messages."""
         valid = np.flatnonzero(self._LABEL_TABLE >= 0)

@@ -1,8 +1,15 @@
 """Evaluate a checkpoint of examples/train.py as the paper does.
 
 Sliding window, horizontal flip and multi-scale averaging of softmax scores
-(``attnblocks.inference``), then per-class IoU, mIoU and pixel accuracy; optionally
-colourised prediction PNGs.
+(``attnblocks.inference``), then per-class IoU, mIoU and pixel accuracy, with a progress
+bar (running mIoU) on the way. Optionally the predictions as PNGs:
+
+- ``DIR/labels/NAME.png``: 8-bit label files in the dataset's own values, as its
+  benchmark servers take them (Cityscapes label ids, ADE20K 1..150, VOC class indices);
+- ``DIR/colour/NAME.png``: palette PNGs whose pixels are the class ids, coloured with the
+  palette of the training pictures, and ``DIR/legend.png`` naming the colours.
+
+``NAME`` is the image file's name without its suffix (``00000`` ... for synthetic scenes).
 
     python examples/evaluate.py --checkpoint runs/danet/checkpoint.pt
     python examples/evaluate.py --checkpoint CKPT --dataset cityscapes --data-root DATA \\
@@ -14,17 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.*` when run as a script
 
 from attnblocks.inference import predict_scores
 from attnblocks.metrics import SegmentationMetrics
-from attnblocks.models import DANet
+from examples.checkpoints import CheckpointError, load_model
+from examples.cli import HelpFormatter
 from examples.datasets import DATASET_NAMES, build_dataset
 from examples.train import synthetic_validation_set
 from examples.transforms import EvalTransform
@@ -32,7 +41,7 @@ from examples.transforms import EvalTransform
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     add = parser.add_argument
     add("--checkpoint", type=Path, required=True, help="checkpoint.pt of examples/train.py")
@@ -44,63 +53,113 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--stride", type=int, help="sliding-window step (default: 2/3 of the crop)")
     add("--scales", type=float, nargs="+", default=[1.0], help="image scales to average")
     add("--flip", action="store_true", help="also average the horizontally flipped image")
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     add("--limit", type=int, help="score only the first N images")
-    add("--save-predictions", type=Path, metavar="DIR", help="write colourised predictions here")
+    add("--save-predictions", type=Path, metavar="DIR",
+        help="write label-id and colour PNGs of the predictions here")  # fmt: skip
     add("--json", type=Path, help="also write the metrics to this JSON file")
     return parser.parse_args(argv)
 
 
-def load(checkpoint_path: Path, device: torch.device) -> tuple[DANet, dict]:
-    """The trained DANet and the checkpoint's contents."""
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {checkpoint_path}")
-    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
-    model = DANet(**checkpoint["model_config"])
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint
+def fail(message: str) -> SystemExit:
+    """A one-line error on stderr and exit status 1, for problems found after parsing."""
+    return SystemExit(f"evaluate.py: error: {message}")
 
 
-def build_eval_set(args: argparse.Namespace, trained: dict):
+def build_eval_set(args: argparse.Namespace, trained: dict) -> Dataset:
     dataset = args.dataset or trained["dataset"]
     if dataset == "synthetic":
         return synthetic_validation_set(int(trained.get("seed", 0)))
     root = args.data_root or trained.get("data_root")
     if root is None:
-        raise SystemExit(f"--data-root is needed for {dataset}")
+        raise fail(f"--data-root is needed for {dataset}")
     return build_dataset(dataset, root, args.split, transform=EvalTransform())
 
 
-def colourise(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(H, W)`` labels to an RGB picture, a fixed colour per class, black for 255."""
-    rng = np.random.default_rng(0)
-    colours = np.concatenate(
-        [rng.integers(40, 256, (num_classes, 3)), np.zeros((256 - num_classes, 3))]
-    )
-    return colours[labels].astype(np.uint8)
+def output_names(dataset: Dataset) -> list[str]:
+    """A file name (no suffix) per image: the image file's own, or its index for generated ones."""
+    samples = getattr(dataset, "samples", None)
+    if samples is not None:
+        return [image_path.stem for image_path, _ in samples]
+    return [f"{index:05d}" for index in range(len(dataset))]
+
+
+class PredictionWriter:
+    """Writes label-id PNGs, colour PNGs in the pictures' palette and a legend into ``folder``.
+
+    Args:
+        folder: the output folder (``labels/``, ``colour/`` and ``legend.png`` go in it).
+        dataset: the scored dataset; its ``to_label_file_values`` (if any) maps class ids
+            to the values of its label files (identity otherwise).
+        classes: class names, indexed by class id.
+    """
+
+    def __init__(self, folder: Path, dataset: Dataset, classes: tuple[str, ...]) -> None:
+        from examples.visualize_attention import draw_legend, palette_rgb  # matplotlib
+
+        self.labels, self.colour = folder / "labels", folder / "colour"
+        self.labels.mkdir(parents=True, exist_ok=True)
+        self.colour.mkdir(parents=True, exist_ok=True)
+        self.to_file_values = getattr(dataset, "to_label_file_values", lambda ids: ids)
+        # PIL palettes are flat RGB lists of 256 entries; unused entries black
+        self.palette = np.zeros((256, 3), dtype=np.uint8)
+        self.palette[: len(classes)] = palette_rgb(len(classes))
+        draw_legend(classes, folder / "legend.png")
+
+    def write(self, name: str, prediction: np.ndarray) -> None:
+        """Save ``(H, W)`` class ids as ``labels/NAME.png`` and ``colour/NAME.png``."""
+        from PIL import Image
+
+        ids = prediction.astype(np.uint8)
+        Image.fromarray(self.to_file_values(ids).astype(np.uint8), mode="L").save(
+            self.labels / f"{name}.png"
+        )
+        colour = Image.fromarray(ids, mode="P")
+        colour.putpalette(self.palette.flatten().tolist())
+        colour.save(self.colour / f"{name}.png")
+
+
+def with_progress(items: Iterable, total: int, metrics: SegmentationMetrics) -> Iterator:
+    """``items`` with a progress bar on stderr showing the running mIoU (lines without tqdm)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the examples extra brings tqdm
+        step = max(1, total // 20)
+        for index, item in enumerate(items, 1):
+            yield item
+            if index % step == 0 or index == total:
+                print(f"{index}/{total} images, mIoU so far {metrics.miou():.4f}", file=sys.stderr)
+        return
+    with tqdm(items, total=total, unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
+        for item in bar:
+            yield item
+            bar.set_postfix(miou=f"{metrics.miou():.4f}", refresh=False)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    model, checkpoint = load(args.checkpoint, device)
+    try:
+        model, checkpoint = load_model(args.checkpoint, device)
+    except (CheckpointError, FileNotFoundError) as error:
+        raise fail(str(error)) from None
     classes = tuple(checkpoint["classes"])
     dataset = build_eval_set(args, checkpoint["args"])
+    names = output_names(dataset)
+    writer = None
+    if args.save_predictions is not None:
+        writer = PredictionWriter(args.save_predictions, dataset, classes)
     if args.limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
     metrics = SegmentationMetrics(len(classes), device=device)
-    if args.save_predictions:
-        args.save_predictions.mkdir(parents=True, exist_ok=True)
-    for index, (image, label) in enumerate(DataLoader(dataset, batch_size=1)):
+    batches = DataLoader(dataset, batch_size=1)  # one image at a time: sizes differ
+    for index, (image, label) in enumerate(with_progress(batches, len(dataset), metrics)):
         scores = predict_scores(model, image.to(device), crop_size=args.crop_size,
                                 stride=args.stride, scales=args.scales, flip=args.flip)  # fmt: skip
         prediction = scores.argmax(dim=1)
         metrics.update(prediction, label.to(device))
-        if args.save_predictions:
-            from PIL import Image
-
-            picture = colourise(prediction[0].cpu().numpy(), len(classes))
-            Image.fromarray(picture).save(args.save_predictions / f"{index:05d}.png")
+        if writer is not None:
+            writer.write(names[index], prediction[0].cpu().numpy())
     summary = metrics.summary(classes)
     width = max(len(name) for name in classes)
     print(f"{'class':<{width}}  IoU")

@@ -17,8 +17,13 @@ DistributedSampler, SyncBatchNorm on GPUs; gloo on CPU, nccl on CUDA)::
 
     torchrun --nproc_per_node=4 examples/train.py --dataset cityscapes --data-root DATA ...
 
-Outputs in ``--out``: ``train.log``, ``checkpoint.pt`` (written atomically, for
+Outputs in ``--out``: ``train.log``, checkpoints (``checkpoint.pt``, the newest, and
+``checkpoint-<iteration>.pt`` for the last ``--keep-checkpoints``; written atomically, for
 ``--resume``), ``metrics.json`` and two pictures, ``predictions.png`` and ``attention.png``.
+A folder that already holds a run is continued with ``--resume`` or replaced with
+``--overwrite``, never silently. SIGTERM (a preempted job) or Ctrl-C ends the current
+iteration, writes its checkpoint and a log line, and exits with status 128 + the signal's
+number (143, 130); ``--resume`` then ends as an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -28,8 +33,12 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +56,82 @@ from attnblocks.inference import predict_scores
 from attnblocks.losses import DANetLoss
 from attnblocks.metrics import SegmentationMetrics
 from attnblocks.models import DANet
+from examples.checkpoints import (
+    LATEST,
+    CheckpointError,
+    latest_checkpoint,
+    numbered_checkpoints,
+    save_checkpoint,
+)
+from examples.cli import HelpFormatter, default_workers
 from examples.datasets import DATASET_NAMES, build_dataset
 from examples.synthetic import CONTEXT_CLASSES, SyntheticScenes
 from examples.transforms import EvalTransform, SeededAugmentation, TrainAugment
 
 log = logging.getLogger("train")
 
-# Per-dataset defaults; a flag given on the command line wins.
+# Per-dataset defaults; a flag given on the command line wins. workers None: default_workers().
 DEFAULTS: dict[str, dict[str, Any]] = {
     "synthetic": dict(backbone="resnet18", backbone_stage=2, crop_size=128, batch_size=8,
                       iters=2000, lr=0.01, scale_range=(1.0, 1.0), workers=0, eval_crop=None),
     "cityscapes": dict(backbone="resnet101", crop_size=768, batch_size=8, iters=None, epochs=240,
-                       lr=0.01, scale_range=(0.75, 2.0), workers=4, eval_crop=768),
+                       lr=0.01, scale_range=(0.75, 2.0), workers=None, eval_crop=768),
     "ade20k": dict(backbone="resnet101", crop_size=512, batch_size=16, iters=None, epochs=120,
-                   lr=0.01, scale_range=(0.75, 2.0), workers=4, eval_crop=512),
+                   lr=0.01, scale_range=(0.75, 2.0), workers=None, eval_crop=512),
     "voc": dict(backbone="resnet101", crop_size=480, batch_size=16, iters=None, epochs=50,
-                lr=0.01, scale_range=(0.75, 2.0), workers=4, eval_crop=480),
+                lr=0.01, scale_range=(0.75, 2.0), workers=None, eval_crop=480),
 }  # fmt: skip
 SYNTHETIC_SIZE = (128, 128)
 SYNTHETIC_TRAIN, SYNTHETIC_VAL = 20_000, 300
+# what a run writes into --out; --overwrite deletes these (and the numbered checkpoints) only
+RUN_FILES = (LATEST, "train.log", "metrics.json", "predictions.png", "attention.png")
+
+
+class RunError(Exception):
+    """A mistake in the command line or the run folder, reported in one line."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped the run; ``signum`` is the signal's number."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class SignalCatcher:
+    """Turns SIGTERM and SIGINT into a stop at the end of the current training iteration.
+
+    While ``deferred`` (training) a signal is only remembered in ``received``: the loop
+    finishes the iteration, writes its checkpoint and stops. Otherwise (setup, evaluation:
+    nothing to save) and for a second signal it raises :class:`Interrupted` at once.
+    Handlers are installed from the main thread only (Python allows no other).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferred = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalCatcher:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        again = self.received is not None
+        self.received = signum
+        if again or not self.deferred:
+            name = signal.Signals(signum).name
+            raise Interrupted(signum, f"stopped by {name}" + (" (again)" if again else ""))
 
 
 class ResumableSampler(DistributedSampler):
@@ -80,8 +146,7 @@ class ResumableSampler(DistributedSampler):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     add = parser.add_argument
     add(
@@ -151,7 +216,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="cpu or cuda (under torchrun each process takes cuda:LOCAL_RANK)",
     )
-    add("--workers", type=int, help="data loading processes per training process")
+    add(
+        "--workers",
+        type=int,
+        help="data loading processes per training process (default: 0 for synthetic, else up "
+        "to 4, no more than this process's share of the CPUs)",
+    )
     add("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
     add(
         "--eval-crop",
@@ -164,8 +234,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--val-limit", type=int, help="evaluate on the first N validation images only")
     add("--log-every", type=int, default=50, help="iterations between log lines")
     add("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
+    add(
+        "--keep-checkpoints",
+        type=int,
+        default=3,
+        metavar="K",
+        help="keep the last K checkpoints (a damaged newest one falls back to the one before)",
+    )
     add("--out", type=Path, default=Path("runs/danet"), help="output folder")
-    add("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    add(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT from its newest readable checkpoint",
+    )
+    add(
+        "--overwrite",
+        action="store_true",
+        help="delete the run already in OUT (checkpoints, log, metrics, pictures), start anew",
+    )
     add(
         "--stop-at",
         type=int,
@@ -176,12 +262,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)  # fmt: skip
     if args.iters is not None and args.epochs is not None:
         parser.error("give --iters or --epochs, not both")
+    if args.resume and args.overwrite:
+        parser.error(
+            "give --resume (continue the run in --out) or --overwrite (replace it), not both"
+        )
+    if args.keep_checkpoints < 1:
+        parser.error(f"--keep-checkpoints must be at least 1, got {args.keep_checkpoints}")
     length_given = args.iters is not None or args.epochs is not None
     for key, value in DEFAULTS[args.dataset].items():
         if key in ("iters", "epochs") and length_given:
             continue  # the length the user asked for replaces the dataset's default length
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if args.workers is None:
+        args.workers = default_workers()
     if args.dataset != "synthetic" and args.data_root is None:
         parser.error(f"--dataset {args.dataset} needs --data-root")
     return args
@@ -200,17 +294,52 @@ def setup_distributed(args: argparse.Namespace) -> tuple[int, int, torch.device]
     return rank, world_size, device
 
 
-def setup_logging(out: Path, rank: int) -> None:
+def setup_logging(out: Path, rank: int) -> list[logging.Handler]:
+    """Log to the console and (process 0) to ``out/train.log``; return the handlers installed."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(out / "train.log"))
+        handlers.append(logging.FileHandler(out / "train.log"))  # appends on --resume
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format="%(asctime)s %(message)s",
         handlers=handlers,
         force=True,
     )
+    return handlers
+
+
+def rank0_decides(value: Any, world_size: int) -> Any:
+    """Process 0's ``value`` on every process (it alone may see the output folder)."""
+    if world_size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def existing_run_files(out: Path) -> list[Path]:
+    """The files of a previous run in ``out``: log, metrics, pictures and checkpoints."""
+    files = [out / name for name in RUN_FILES if (out / name).exists()]
+    return files + numbered_checkpoints(out)
+
+
+def prepare_run_folder(args: argparse.Namespace, rank: int, world_size: int) -> None:
+    """Refuse to mix a new run with one already in ``--out``; delete it with ``--overwrite``."""
+    previous = existing_run_files(args.out) if rank == 0 else []
+    problem = None
+    if previous and not (args.resume or args.overwrite):
+        names = ", ".join(path.name for path in previous[:4]) + (
+            ", ..." if len(previous) > 4 else ""
+        )
+        problem = (f"{args.out} already holds a run ({names}); pass --resume to continue it, "
+                   "--overwrite to replace it, or another --out")  # fmt: skip
+    problem = rank0_decides(problem, world_size)
+    if problem is not None:
+        raise RunError(problem)
+    if args.overwrite and rank == 0:
+        for path in previous:
+            path.unlink()
 
 
 def synthetic_validation_set(seed: int) -> SyntheticScenes:
@@ -257,13 +386,6 @@ def poly_lr(iteration: int, total: int) -> float:
     return (1 - iteration / total) ** 0.9
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to a temporary file and rename it: a kill never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-
-
 def rng_state(device: torch.device) -> dict[str, Any]:
     """This process's random states: CPU torch, numpy, Python, and its own GPU's."""
     state = {
@@ -293,13 +415,36 @@ def all_rng_states(device: torch.device, world_size: int) -> list[dict[str, Any]
     return states
 
 
+def seed_dropout_per_process(seed: int, rank: int) -> None:
+    """Give each process its own stream for dropout, after the model's (shared) initialisation.
+
+    Process 0 keeps the stream of a one-process run, so the demo's results do not depend
+    on how it is launched; the others draw from seeds derived from ``(seed, rank)``.
+    """
+    if rank > 0:
+        torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+
+
+def broadcast_buffers(model: nn.Module, world_size: int) -> None:
+    """Give every process process 0's buffers (BatchNorm statistics), as in the checkpoint.
+
+    Without SyncBatchNorm (CPU processes) each process's last steps update its own
+    running statistics; DDP only copies process 0's buffers at the next forward.
+    """
+    if world_size > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def evaluate(model: nn.Module, dataset: Dataset, args: argparse.Namespace, num_classes: int,
              device: torch.device, rank: int, world_size: int) -> SegmentationMetrics:  # fmt: skip
     """Metrics of ``model`` on ``dataset``, each process scoring every world_size-th image."""
     metrics = SegmentationMetrics(num_classes, device=device)
     count = len(dataset) if args.val_limit is None else min(args.val_limit, len(dataset))
     shard = Subset(dataset, range(rank, count, world_size))
-    loader = DataLoader(shard, batch_size=1 if args.eval_crop else 16, num_workers=args.workers)
+    # Whole synthetic scenes share one size; real images differ, or go through sliding windows.
+    batch_size = 16 if args.dataset == "synthetic" and not args.eval_crop else 1
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=args.workers)
     model.eval()
     for images, labels in loader:
         scores = predict_scores(
@@ -311,9 +456,45 @@ def evaluate(model: nn.Module, dataset: Dataset, args: argparse.Namespace, num_c
     return metrics
 
 
+def summarise(metrics: SegmentationMetrics, classes: tuple[str, ...]) -> dict[str, Any]:
+    """``metrics.summary``, plus ``context_miou`` over the context classes that occur.
+
+    A class absent from both labels and predictions (a few validation images, say) has
+    no IoU: it is left out of the mean, which is None when no context class occurs.
+    """
+    result = metrics.summary(classes)
+    context = [result["per_class_iou"].get(name) for name in CONTEXT_CLASSES]
+    present = [iou for iou in context if iou is not None]
+    if any(name in classes for name in CONTEXT_CLASSES):
+        result["context_miou"] = sum(present) / len(present) if present else None
+    return result
+
+
 def train(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train, checkpoint and evaluate as ``args`` say; return the metrics (process 0).
+
+    Returns None when stopped by ``--stop-at``. Raises :class:`Interrupted` after
+    writing a checkpoint when SIGTERM or SIGINT arrives, :class:`RunError` for a run
+    folder that holds another run, and :class:`~examples.checkpoints.CheckpointError`
+    when no checkpoint can be resumed.
+    """
     rank, world_size, device = setup_distributed(args)
-    setup_logging(args.out, rank)
+    handlers: list[logging.Handler] = []
+    try:
+        with SignalCatcher() as signals:
+            prepare_run_folder(args, rank, world_size)
+            handlers = setup_logging(args.out, rank)
+            return _train(args, rank, world_size, device, signals)
+    finally:
+        for handler in handlers:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        if world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, rank: int, world_size: int, device: torch.device,
+           signals: SignalCatcher) -> dict[str, Any] | None:  # fmt: skip
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -321,6 +502,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     num_classes = len(classes)
 
     model = build_model(args, num_classes)
+    seed_dropout_per_process(args.seed, rank)  # after the identical initialisation
     if world_size > 1 and device.type == "cuda":
         # torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -350,24 +532,24 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     )  # fmt: skip
     batches_per_epoch = len(loader)
     if batches_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training images are fewer than one batch per process")
+        raise RunError(
+            f"{len(train_set)} training images make less than one batch of --batch-size "
+            f"{args.batch_size} for each of {world_size} process(es); lower --batch-size"
+        )
     total = args.iters if args.epochs is None else args.epochs * batches_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: poly_lr(it, total))
 
-    checkpoint_path = args.out / "checkpoint.pt"
     iteration, seconds_before = 0, 0.0
     if args.resume:
-        if not checkpoint_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
         # Loaded on the CPU: RNG states must stay there; the rest follows the parameters.
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        checkpoint_path, checkpoint = latest_checkpoint(args.out)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])  # its schedule wins over a new --lr
         scaler.load_state_dict(checkpoint["scaler"])
         states = checkpoint["rng"]
         if len(states) != world_size:
-            raise ValueError(
+            raise RunError(
                 f"the checkpoint was written by {len(states)} processes; resume it with as many, "
                 f"not {world_size}"
             )
@@ -375,8 +557,9 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
         iteration, seconds_before = checkpoint["iteration"], checkpoint["seconds"]
         log.info("resumed from %s at iteration %d", checkpoint_path, iteration)
 
-    def checkpoint_state() -> dict[str, Any]:
-        return {
+    def write_checkpoint() -> Path | None:
+        """Every process takes part (RNG states are gathered); process 0 writes."""
+        state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "rng": all_rng_states(device, world_size), "iteration": iteration,
@@ -384,82 +567,103 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             "model_config": model_config(args, num_classes), "classes": classes,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         }  # fmt: skip
+        return save_checkpoint(args.out, state, args.keep_checkpoints) if rank == 0 else None
 
     log.info("training %s on %s for %d iterations (%d per epoch) on %s x %d, batch %d/process",
              args.backbone, args.dataset, total, batches_per_epoch, device, world_size,
              args.batch_size)  # fmt: skip
-    progress = _progress_bar(total, iteration, rank)
     started = time.perf_counter()
     net.train()
-    while iteration < total:
-        epoch, batch_in_epoch = divmod(iteration, batches_per_epoch)
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        sampler.skip = batch_in_epoch * args.batch_size  # resume mid-epoch where it stopped
-        for images, labels in loader:
-            images = images.to(device, non_blocking=True, memory_format=memory_format)
-            labels = labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
-                loss = criterion(net(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            iteration += 1
-            gammas = (model.head.attention.pam.gamma.item(), model.head.attention.cam.gamma.item())
-            _report(
-                progress, iteration, loss.item(), scheduler.get_last_lr()[0], gammas, args.log_every
-            )
-            if iteration % args.checkpoint_every == 0 or iteration in (total, args.stop_at):
-                state = checkpoint_state()  # every process takes part: RNG states are gathered
-                if rank == 0:
-                    save_checkpoint(checkpoint_path, state)
-            if iteration == args.stop_at:
-                log.info("stopping at iteration %d as asked (--stop-at)", iteration)
-                if progress is not None:
-                    progress.close()
-                if world_size > 1:
-                    dist.barrier()
-                    dist.destroy_process_group()
-                return None
-            if iteration >= total:
-                break
-    if progress is not None:
-        progress.close()
+    with _progress_bar(total, iteration, rank) as progress:
+        signals.deferred = True  # from here on a signal ends the iteration with a checkpoint
+        while iteration < total:
+            epoch, batch_in_epoch = divmod(iteration, batches_per_epoch)
+            sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            sampler.skip = batch_in_epoch * args.batch_size  # resume mid-epoch where it stopped
+            for images, labels in loader:
+                images = images.to(device, non_blocking=True, memory_format=memory_format)
+                labels = labels.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+                    loss = criterion(net(images), labels)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                lr = optimizer.param_groups[0]["lr"]  # this step's; scheduler.step() sets the next
+                scheduler.step()
+                iteration += 1
+                gammas = (model.head.attention.pam.gamma.item(),
+                          model.head.attention.cam.gamma.item())  # fmt: skip
+                _report(progress, iteration, loss.item(), lr, gammas, args.log_every)
+                stop_signal = _agreed_signal(signals, device, world_size)
+                if stop_signal:
+                    written = write_checkpoint() or args.out  # (process 0 knows the file)
+                    name = signal.Signals(stop_signal).name
+                    log.warning("%s at iteration %d: checkpoint written to %s; continue with "
+                                "--resume", name, iteration, written)  # fmt: skip
+                    raise Interrupted(stop_signal, f"stopped by {name} at iteration {iteration}")
+                if iteration % args.checkpoint_every == 0 or iteration in (total, args.stop_at):
+                    write_checkpoint()
+                if iteration == args.stop_at:
+                    log.info("stopping at iteration %d as asked (--stop-at)", iteration)
+                    if world_size > 1:
+                        dist.barrier()
+                    return None
+                if iteration >= total:
+                    break
+        stop_signal = _agreed_signal(signals, device, world_size)  # during the last checkpoint?
+        signals.deferred = False  # the last checkpoint is written: a signal now just stops
+    if stop_signal:
+        name = signal.Signals(stop_signal).name
+        log.warning("%s after the last iteration: its checkpoint is written; no evaluation", name)
+        raise Interrupted(stop_signal, f"stopped by {name} before the evaluation")
     seconds = seconds_before + time.perf_counter() - started
     log.info("trained %d iterations in %.0f s; evaluating", total, seconds)
 
+    broadcast_buffers(model, world_size)  # every process scores the checkpoint's model
     metrics = evaluate(model, val_set, args, num_classes, device, rank, world_size)
     result = None
     if rank == 0:
-        result = {**metrics.summary(classes), "iters": total, "seconds": seconds,
+        result = {**summarise(metrics, classes), "iters": total, "seconds": seconds,
                   "dataset": args.dataset, "backbone": args.backbone,
                   "attention": not args.no_attention, "world_size": world_size,
                   "gammas": {"pam": model.head.attention.pam.gamma.item(),
                              "cam": model.head.attention.cam.gamma.item()}}  # fmt: skip
-        if args.dataset == "synthetic":
-            context = [result["per_class_iou"][name] for name in CONTEXT_CLASSES]
-            result["context_miou"] = sum(context) / len(context)
         (args.out / "metrics.json").write_text(json.dumps(result, indent=1))
         log.info("mIoU %.4f, pixel accuracy %.4f", result["miou"], result["pixel_acc"])
         for name, iou in result["per_class_iou"].items():
             log.info("  %-14s %s", name, "-" if iou is None else f"{iou:.4f}")
         if not args.no_pictures:
             _draw_pictures(model, val_set, classes, args.out, device)
-    if world_size > 1:
-        dist.destroy_process_group()
     return result
 
 
-def _progress_bar(total: int, start: int, rank: int):
+def _agreed_signal(signals: SignalCatcher, device: torch.device, world_size: int) -> int:
+    """The signal any process received (0: none), the same on all: they stop together."""
+    received = signals.received or 0
+    if world_size == 1:
+        return received
+    flag = torch.tensor([received], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+@contextmanager
+def _progress_bar(total: int, start: int, rank: int) -> Iterator[Any]:
+    """A tqdm bar on process 0 (None elsewhere or without tqdm); log lines print above it."""
     if rank != 0:
-        return None
+        yield None
+        return
     try:
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
     except ImportError:  # the examples extra brings tqdm; without it the log lines suffice
-        return None
-    return tqdm(total=total, initial=start, dynamic_ncols=True, file=sys.stderr)
+        yield None
+        return
+    with logging_redirect_tqdm(), tqdm(total=total, initial=start, dynamic_ncols=True,
+                                       file=sys.stderr) as progress:  # fmt: skip
+        yield progress
 
 
 def _report(progress, iteration: int, loss: float, lr: float, gammas: tuple[float, float],
@@ -484,8 +688,10 @@ def _draw_pictures(model: DANet, val_set: Dataset, classes: tuple[str, ...], out
     except ImportError as error:  # matplotlib comes with the examples extra
         log.info("no pictures: %s", error)
         return
-    images = torch.stack([val_set[i][0] for i in range(4)]).to(device)
-    labels = torch.stack([val_set[i][1] for i in range(4)])
+    # The first (up to) four validation images; real datasets' differ in size.
+    samples = [val_set[i] for i in range(min(4, len(val_set)))]
+    images = [image.to(device) for image, _ in samples]
+    labels = [label for _, label in samples]
     draw_predictions(model, images, labels, classes, out / "predictions.png")
     # Query points on the context classes first (vehicles in the synthetic scenes), then others.
     context = [classes.index(name) for name in CONTEXT_CLASSES if name in classes]
@@ -494,5 +700,24 @@ def _draw_pictures(model: DANet, val_set: Dataset, classes: tuple[str, ...], out
     log.info("wrote %s and %s", out / "predictions.png", out / "attention.png")
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Run :func:`train` from the command line; return the exit status.
+
+    Mistakes (a run already in ``--out``, no readable checkpoint, missing data) are one
+    line on stderr and status 2; a signal is status 128 + its number, after the log line
+    that says which checkpoint holds the run.
+    """
+    args = parse_args(argv)
+    try:
+        train(args)
+    except Interrupted as stop:
+        print(f"train.py: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except (RunError, CheckpointError, FileNotFoundError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    train(parse_args())
+    sys.exit(main())

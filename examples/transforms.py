@@ -66,7 +66,10 @@ class TrainAugment:
             height, width = image.shape[-2:]
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-            label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+            # nearest-exact samples at pixel centres, as the bilinear image does (PIL NEAREST);
+            # "nearest" floors and would shift labels up-left of their pixels by ~half a pixel.
+            label = F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")
+            label = label[0, 0].long()
         crop_h, crop_w = self.crop_size
         pad_h, pad_w = max(crop_h - image.shape[1], 0), max(crop_w - image.shape[2], 0)
         if pad_h or pad_w:  # zeros are the mean colour after normalisation; padding is not scored

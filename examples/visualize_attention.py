@@ -7,6 +7,8 @@ the channel attention changed most. Also draws predictions next to ground truth.
 
     python examples/visualize_attention.py --checkpoint runs/danet/checkpoint.pt
     python examples/visualize_attention.py --checkpoint CKPT --image a.png --points 120,300 40,80
+
+The picture goes into the checkpoint's run folder unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -29,15 +31,47 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.*` when run as a script
 
 from attnblocks.models import DANet
+from examples.checkpoints import CheckpointError, load_model
+from examples.cli import HelpFormatter
 from examples.transforms import denormalize, normalize
 
 _POINT_COLOURS = ("#ff2d2d", "#2dd4ff", "#ffd22d", "#b24dff", "#3dff6e")
 
 
 def palette(num_classes: int) -> ListedColormap:
-    """A colour per class (tab10 up to 10 classes, tab20 cycled beyond), for label maps."""
-    colours = plt.get_cmap("tab10" if num_classes <= 10 else "tab20").colors
+    """A colour per class, for label maps: tab10 up to 10 classes, tab20 up to 20, beyond
+    that tab20, tab20b and tab20c (60 colours), cycled past 60 classes."""
+    if num_classes <= 10:
+        colours = plt.get_cmap("tab10").colors
+    elif num_classes <= 20:
+        colours = plt.get_cmap("tab20").colors
+    else:
+        colours = [c for name in ("tab20", "tab20b", "tab20c") for c in plt.get_cmap(name).colors]
     return ListedColormap([colours[i % len(colours)] for i in range(num_classes)])
+
+
+def palette_rgb(num_classes: int) -> np.ndarray:
+    """:func:`palette` as ``(num_classes, 3)`` uint8 RGB, e.g. for palette PNGs."""
+    colours = palette(num_classes).colors
+    return np.round(np.asarray(colours, dtype=np.float64)[:, :3] * 255).astype(np.uint8)
+
+
+def draw_legend(classes: Sequence[str], path: Path) -> None:
+    """Save the class names beside their :func:`palette` colours as a PNG.
+
+    Args:
+        classes: class names, indexed by class id.
+        path: PNG to write.
+    """
+    colours = palette(len(classes))
+    rows = 25  # names per column
+    columns = -(-len(classes) // rows)
+    fig = plt.figure(figsize=(2.4 * columns, 0.25 * min(len(classes), rows) + 0.3))
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours(i)) for i in range(len(classes))]
+    labels = [f"{index} {name}" for index, name in enumerate(classes)]
+    fig.legend(handles, labels, loc="center", ncol=columns, fontsize=8, frameon=False)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def points_on_classes(
@@ -67,6 +101,22 @@ def _to_picture(image: Tensor) -> np.ndarray:
     return denormalize(image.detach().float().cpu()).permute(1, 2, 0).numpy()
 
 
+def check_points(points: Sequence[tuple[int, int]], height: int, width: int) -> None:
+    """Raise a ValueError for a query point outside an ``height x width`` image.
+
+    Args:
+        points: ``(row, col)`` pixels.
+        height: image rows.
+        width: image columns.
+    """
+    outside = [(r, c) for r, c in points if not (0 <= r < height and 0 <= c < width)]
+    if outside:
+        raise ValueError(
+            f"query points {outside} lie outside the {height} x {width} image: rows must be "
+            f"0..{height - 1} and columns 0..{width - 1}"
+        )
+
+
 @torch.no_grad()
 def draw_attention(
     model: DANet, image: Tensor, path: Path, points: Sequence[tuple[int, int]] | None = None
@@ -77,11 +127,14 @@ def draw_attention(
         model: a DANet.
         image: ``(3, H, W)`` normalised image.
         path: PNG to write.
-        points: query pixels ``(row, col)`` in image coordinates (default: three spread out).
+        points: query pixels ``(row, col)`` in image coordinates (default or empty: three
+            spread out); a point outside the image raises a ValueError.
     """
     model.eval()
     height, width = image.shape[-2:]
-    if points is None:
+    if points:
+        check_points(points, height, width)
+    else:
         points = [
             (height // 4, width // 4),
             (height // 2, 3 * width // 4),
@@ -102,11 +155,8 @@ def draw_attention(
             hook.remove()
     features = captured["pam_in"]  # (1, C, h, w): what PAM attends over
     feat_h, feat_w = features.shape[-2:]
-    # Image pixel -> the feature cell that covers it.
-    cells = [
-        (min(r * feat_h // height, feat_h - 1), min(c * feat_w // width, feat_w - 1))
-        for r, c in points
-    ]
+    # Image pixel -> the feature cell that covers it (points are inside the image).
+    cells = [(r * feat_h // height, c * feat_w // width) for r, c in points]
     maps = pam.attention_map(features, cells)[0]  # (P, h, w), each sums to 1
     maps = F.interpolate(maps[None], size=(height, width), mode="bilinear", align_corners=False)[0]
     # CAM channels whose maps the channel attention changed most: |out - in| summed over space.
@@ -139,19 +189,24 @@ def draw_attention(
 
 @torch.no_grad()
 def draw_predictions(
-    model: DANet, images: Tensor, labels: Tensor, classes: Sequence[str], path: Path
+    model: DANet,
+    images: Sequence[Tensor],
+    labels: Sequence[Tensor],
+    classes: Sequence[str],
+    path: Path,
 ) -> None:
     """Save images, ground truth and predictions side by side (one row per image).
 
     Args:
         model: a DANet.
-        images: ``(B, 3, H, W)`` normalised images.
-        labels: ``(B, H, W)`` ground truth (255 = ignored, drawn black).
+        images: normalised ``(3, H, W)`` images, each of its own size (or a
+            ``(B, 3, H, W)`` batch).
+        labels: their ``(H, W)`` ground truth (255 = ignored, drawn black).
         classes: class names, for the legend.
         path: PNG to write.
     """
     model.eval()
-    predictions = model(images).out.argmax(dim=1).cpu()
+    predictions = [model(image[None]).out.argmax(dim=1)[0].cpu() for image in images]
     colours = palette(len(classes))
     fig, axes = plt.subplots(len(images), 3, figsize=(7.5, 2.4 * len(images)), squeeze=False)
     for row, (image, label, prediction) in enumerate(zip(images, labels, predictions)):
@@ -174,14 +229,6 @@ def draw_predictions(
     plt.close(fig)
 
 
-def load_checkpoint(path: Path, device: torch.device) -> tuple[DANet, tuple[str, ...]]:
-    """A DANet and its class names from a checkpoint of examples/train.py."""
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
-    model = DANet(**checkpoint["model_config"])
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), tuple(checkpoint["classes"])
-
-
 def _parse_point(text: str) -> tuple[int, int]:
     try:
         row, col = (int(v) for v in text.split(","))
@@ -191,7 +238,9 @@ def _parse_point(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="checkpoint of examples/train.py"
     )
@@ -200,11 +249,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="synthetic validation scene used without --image")  # fmt: skip
     parser.add_argument("--points", type=_parse_point, nargs="+", metavar="ROW,COL",
                         help="query pixels (default: three spread over the image)")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("attention.png"), help="PNG to write")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="PNG to write (default: attention-IMAGE.png "
+                        "beside the checkpoint, in its run folder)")  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
 
-    model, _ = load_checkpoint(args.checkpoint, torch.device(args.device))
+    try:
+        model, _ = load_model(args.checkpoint, torch.device(args.device))
+    except (CheckpointError, FileNotFoundError) as error:
+        parser.error(str(error))
     if args.image is not None:
         from PIL import Image
 
@@ -217,8 +270,15 @@ def main(argv: list[str] | None = None) -> None:
         from examples.train import synthetic_validation_set
 
         image = synthetic_validation_set(seed=0)[args.synthetic_index][0]  # normalised already
-    draw_attention(model, image.to(args.device), args.out, args.points)
-    print(f"wrote {args.out}")
+    if args.points:
+        try:
+            check_points(args.points, *image.shape[-2:])
+        except ValueError as error:
+            parser.error(f"--points: {error}")
+    name = args.image.stem if args.image is not None else f"synthetic-{args.synthetic_index}"
+    out = args.out or args.checkpoint.parent / f"attention-{name}.png"
+    draw_attention(model, image.to(args.device), out, args.points)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

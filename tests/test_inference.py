@@ -159,6 +159,22 @@ def test_scales_average_probabilities_resized_back(align_corners):
     assert relative_error(scores, expected) < 1e-6
 
 
+@pytest.mark.parametrize("model_align_corners", [False, True])
+def test_resizing_follows_the_model_align_corners_by_default(model_align_corners):
+    # DANet.from_original builds align_corners=True models, as the authors evaluated them.
+    model, x = conv_model(3), images(1, 3, 20, 30)
+    model.align_corners = model_align_corners
+    resize = {"mode": "bilinear", "align_corners": model_align_corners}
+    small = softmax_of(model, F.interpolate(x, size=(15, 23), **resize))
+    expected = F.interpolate(small, size=(20, 30), **resize)
+    assert relative_error(predict_scores(model, x, scales=(0.75,)), expected) < 1e-6
+    labels = predict_labels(model, x, scales=(0.75,))
+    assert torch.equal(labels, expected.argmax(dim=1))
+    # an explicit argument still wins over the model's attribute
+    other = predict_scores(model, x, scales=(0.75,), align_corners=not model_align_corners)
+    assert relative_error(other, expected) > 1e-3
+
+
 def test_scales_with_windows_and_padding():
     # at scale 0.5 the 20 x 30 image is 10 x 15, smaller than the 16 crop
     model, x = conv_model(1), images(1, 3, 20, 30)

@@ -39,3 +39,24 @@ def test_bad_arguments():
     outputs = DANetOutput(*(torch.randn(2, 4, 5, 6) for _ in range(3)))
     with pytest.raises(ValueError, match=r"target must be \(B, H, W\)"):
         DANetLoss()(outputs, torch.zeros(2, 5, 7, dtype=torch.long))
+
+
+def test_a_batch_with_every_pixel_ignored_gives_zero_loss_and_zero_gradients():
+    # An ADE20K crop of only "other" pixels: nothing to score, so nothing to learn from.
+    outputs = DANetOutput(*(torch.randn(2, 4, 5, 6, requires_grad=True) for _ in range(3)))
+    target = torch.full((2, 5, 6), 255)
+    loss = DANetLoss()(outputs, target)
+    assert loss.item() == 0.0
+    loss.backward()
+    for logits in outputs:
+        assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_mean_over_scored_pixels_matches_cross_entropy_bit_for_bit():
+    # Dividing the summed loss by the scored pixels is what cross_entropy's mean does.
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 5, 6, generator=gen)
+    target = torch.randint(0, 4, (2, 5, 6), generator=gen)
+    target[1, :2] = 255
+    loss = DANetLoss(aux_weights=(0.0, 0.0))(DANetOutput(logits, logits, logits), target)
+    assert torch.equal(loss, torch.nn.functional.cross_entropy(logits, target, ignore_index=255))

@@ -2,17 +2,19 @@
 
 timm builds the network (``features_only=True, output_stride=8|16``); the only
 change made here is the multi-grid dilation of the last stage that the authors'
-released DANet uses.
+released DANet uses. ImageNet weights come from a local file, checked key by key, or
+from the Hugging Face hub, where an unreachable hub or ``HF_HUB_OFFLINE`` fails at once
+instead of after the hub client's retries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import timm
-from torch import nn
+from torch import Tensor, nn
 
 from .._validation import check_positive_int
 
@@ -79,12 +81,20 @@ def create_backbone(
         pretrained: load timm's ImageNet weights (downloads them through timm).
         weights: path of a local file with the classifier's state dict (timm's key
             names, ``.pth``/``.bin``/``.safetensors``), loaded instead of a download.
+            Every key must fit the model: a ValueError lists missing and unexpected
+            keys and shape mismatches (the classifier's keys, which the backbone drops,
+            and BatchNorm's ``num_batches_tracked`` counters may be absent).
         **timm_kwargs: passed to ``timm.create_model`` (``in_chans``, ``norm_layer``...);
             ``out_indices=(k,)`` takes stage ``k``'s features instead of the last stage's.
 
     Returns:
         The timm ``features_only`` model; ``feature_info.channels()[-1]`` is its
         output channel count, and ``model(x)[-1]`` the ``(B, C, H/os, W/os)`` features.
+
+    Raises:
+        ValueError: ``weights`` do not fit the model (keys or shapes).
+        RuntimeError: ``pretrained`` weights cannot be fetched: the hub is out of reach
+            (after one attempt) or ``HF_HUB_OFFLINE`` is set and they are not cached.
     """
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
@@ -99,10 +109,14 @@ def create_backbone(
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"backbone weights file not found: {path}")
+        _check_weights_fit(name, path, timm_kwargs)
         # timm loads a local file through its pretrained machinery (classifier keys dropped).
         options.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     elif pretrained:
         options.update(pretrained=True)
+        hub_file = _hub_weights_file(name)
+        if hub_file is not None:
+            options.update(pretrained_cfg_overlay=dict(file=str(hub_file)))
     try:
         backbone = timm.create_model(name, **options)
     except (OSError, RuntimeError) as error:
@@ -115,3 +129,127 @@ def create_backbone(
     if multi_grid is not None:
         apply_multi_grid(backbone, multi_grid, name)
     return backbone
+
+
+# timm_kwargs that shape the features wrapper or the stem's input, not the weights' keys
+_FEATURE_KWARGS = ("out_indices", "feature_cls", "feature_cfg", "flatten_sequential", "in_chans")
+
+
+def _check_weights_fit(name: str, path: Path, timm_kwargs: Mapping[str, Any]) -> None:
+    """Raise a ValueError unless the state dict in ``path`` fills timm's ``name`` exactly.
+
+    timm loads weights into a ``features_only`` model non-strictly (the classifier is
+    dropped), so a file of another architecture would load nothing and say so only in a
+    log line. The file is therefore compared with the whole classifier model: every key
+    but the classifier's must be there with its shape, and no other key.
+
+    Args:
+        name: the timm model name.
+        path: the weights file.
+        timm_kwargs: the ``timm.create_model`` arguments of the backbone.
+    """
+    # timm's own reader: safetensors or torch.load(weights_only=True), "state_dict"/"model"
+    # entries unwrapped and "module." prefixes stripped, as its pretrained loading does.
+    given: Mapping[str, Tensor] = timm.models.load_state_dict(str(path))
+    arch_kwargs = {k: v for k, v in timm_kwargs.items() if k not in _FEATURE_KWARGS}
+    reference = timm.create_model(name, pretrained=False, **arch_kwargs)
+    classifiers = reference.pretrained_cfg.get("classifier") or ()
+    skipped = {
+        f"{classifier}.{part}"
+        for classifier in ((classifiers,) if isinstance(classifiers, str) else classifiers)
+        for part in ("weight", "bias")
+    }
+    expected = {k: v for k, v in reference.state_dict().items() if k not in skipped}
+    missing = sorted(
+        k for k in expected if k not in given and not k.endswith("num_batches_tracked")
+    )
+    unexpected = sorted(k for k in given if k not in expected and k not in skipped)
+    mismatched = [
+        f"{key}: file {tuple(given[key].shape)}, model {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in given and tuple(given[key].shape) != tuple(value.shape)
+    ]
+    if missing or unexpected or mismatched:
+        problems = [
+            f"missing keys ({len(missing)}): {missing}" if missing else "",
+            f"unexpected keys ({len(unexpected)}): {unexpected}" if unexpected else "",
+            f"shape mismatches: {mismatched}" if mismatched else "",
+        ]
+        raise ValueError(
+            f"the backbone weights {path} do not fit timm's {name!r} (is it this model's "
+            "ImageNet state dict, with timm's key names?); " + "; ".join(p for p in problems if p)
+        )
+
+
+def _hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set, as huggingface_hub read it."""
+    from huggingface_hub import constants
+
+    is_offline = getattr(constants, "is_offline_mode", None)  # a function since hub 1.0
+    return bool(is_offline() if is_offline is not None else constants.HF_HUB_OFFLINE)
+
+
+def _hub_weights_file(name: str) -> Path | None:
+    """The local file of timm's hub weights for ``name``, fetched with one try only.
+
+    huggingface_hub retries a failed connection with back-off (46 s before it gives
+    up, and timm asks for two file names), so the hub is probed here with a single
+    request first. Offline (``HF_HUB_OFFLINE``) or unreachable, the weights come from
+    the local cache, or a RuntimeError says at once what to do.
+
+    Args:
+        name: the timm model name (a ``.tag`` suffix picks the weights).
+
+    Returns:
+        The weights file, or None when timm does not fetch ``name``'s weights from the
+        hub (its own download then runs, and reports its own errors).
+    """
+    cfg = timm.models.get_pretrained_cfg(name)
+    if (
+        cfg is None
+        or not cfg.hf_hub_id
+        or cfg.custom_load
+        or cfg.source not in (None, "", "hf-hub")
+    ):
+        return None
+    from huggingface_hub import (
+        constants,
+        get_hf_file_metadata,
+        hf_hub_download,
+        hf_hub_url,
+        try_to_load_from_cache,
+    )
+    from huggingface_hub.errors import EntryNotFoundError
+
+    repo_id, _, revision_text = cfg.hf_hub_id.partition("@")
+    revision = revision_text or None
+    # the file names timm tries, safetensors first
+    default_names = ("model.safetensors", "pytorch_model.bin")
+    filenames = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else default_names
+    cached = [
+        try_to_load_from_cache(repo_id, filename, revision=revision) for filename in filenames
+    ]
+    cached_file = next((Path(found) for found in cached if isinstance(found, str)), None)
+    advice = "Download them elsewhere and pass backbone_weights=PATH."
+    if _hub_offline():
+        if cached_file is None:
+            raise RuntimeError(
+                f"HF_HUB_OFFLINE is set and timm's ImageNet weights for {name!r} ({repo_id}) are "
+                f"not in the Hugging Face cache {constants.HF_HUB_CACHE}. {advice}"
+            )
+        return cached_file
+    for filename in filenames:
+        url = hf_hub_url(repo_id, filename, revision=revision)
+        try:
+            get_hf_file_metadata(url)  # one request, no retries
+        except EntryNotFoundError:
+            continue  # the repository has the weights under the other name
+        except Exception as error:  # DNS, refused, timeout, proxy, HTTP errors: the hub's own types
+            if cached_file is not None:
+                return cached_file  # as the hub client does after its retries
+            raise RuntimeError(
+                f"timm could not fetch ImageNet weights for {name!r} from {url} (no network or "
+                f"no hub access?): {error}. {advice}"
+            ) from error
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    return None

@@ -405,3 +405,23 @@ def test_build_dataset_picks_the_reader_by_name(tmp_path):
 def test_build_dataset_rejects_unknown_names_listing_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match=message_with("'coco'", "'cityscapes'", "'ade20k'")):
         build_dataset("coco", tmp_path, "train")
+
+
+# ---------------------------------------------------------------------------- label files
+
+
+def test_train_ids_map_back_to_the_values_of_each_dataset_label_files(tmp_path):
+    # Cityscapes: the official label ids (the test server's format); ADE20K: 1..150; VOC: same
+    cityscapes_pair(tmp_path / "cs", "val", "lindau", "lindau_000000_000019", label_map(7))
+    ade_pair(tmp_path / "ade" / "ADEChallengeData2016", "validation", "ADE_val_1", label_map(1))
+    voc_tree(tmp_path / "voc", {"val": ["2007_000001"]}, label_map(0))
+    cityscapes = CityscapesSegmentation(tmp_path / "cs", split="val")
+    by_train_id = {train_id: label_id for label_id, train_id in CITYSCAPES_EXPECTED.items()}
+    train_ids = np.arange(19).reshape(1, 19)
+    expected = np.array([[by_train_id[t] for t in range(19)]])
+    np.testing.assert_array_equal(cityscapes.to_label_file_values(train_ids), expected)
+    ade20k = ADE20KSegmentation(tmp_path / "ade", split="val")
+    np.testing.assert_array_equal(ade20k.to_label_file_values(np.arange(150)), np.arange(1, 151))
+    voc = VOCSegmentation(tmp_path / "voc", split="val")
+    np.testing.assert_array_equal(voc.to_label_file_values(np.arange(21)), np.arange(21))
+    assert cityscapes.to_label_file_values(train_ids).dtype == np.uint8

@@ -63,3 +63,23 @@ def test_denormalize_inverts_normalize():
     torch.testing.assert_close(denormalize(normalize(image)), image.float() / 255)
     with pytest.raises(ValueError, match="scale_range must be 0 < low <= high"):
         TrainAugment((8, 8), scale_range=(2.0, 1.0))
+
+
+@pytest.mark.parametrize("scale_range", [(0.75, 0.75), (1.3, 1.3), (0.75, 2.0)])
+def test_labels_stay_aligned_with_their_image_after_rescaling(scale_range):
+    # Image and label both hold each pixel's own column index. Bilinear resizing of that ramp
+    # gives the exact source column of every output pixel's centre; the label must agree.
+    width = 120
+    columns = torch.arange(width).expand(90, width)
+    image = columns.to(torch.uint8).expand(3, 90, width)
+    augment = TrainAugment((48, 48), scale_range=scale_range, flip=True)
+    offsets = []
+    for seed in range(12):
+        out_image, out_label = augment(image, columns, torch.Generator().manual_seed(seed))
+        source_column = denormalize(out_image)[0] * 255  # exact where not clamped at the border
+        inside = (out_label != 255) & (source_column > 0.5) & (source_column < width - 1.5)
+        offsets.append(out_label[inside] - source_column[inside])
+    offsets = torch.cat(offsets)
+    assert offsets.abs().max() <= 0.5 + 1e-3  # each label is the nearest source pixel's
+    if scale_range != (0.75, 0.75):  # there every third pixel centre falls exactly between two
+        assert offsets.mean().abs() < 0.1  # no drift to one side (nearest, not floor: -0.35)

@@ -1,10 +1,14 @@
-"""timm backbones at output stride 8 and 16, multi-grid, and local weights."""
+"""timm backbones at output stride 8 and 16, multi-grid, local weights and hub failures."""
 
+import time
+
+import huggingface_hub
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 
-from attnblocks.models import apply_multi_grid, create_backbone
+from attnblocks.models import DANet, apply_multi_grid, create_backbone
 from attnblocks.models import backbone as backbone_module
 
 FAMILIES = [
@@ -74,6 +78,7 @@ def test_download_failure_points_to_a_local_file(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("Name or service not known")
 
+    monkeypatch.setattr(backbone_module, "_hub_weights_file", lambda name: None)  # no hub probe
     monkeypatch.setattr(backbone_module.timm, "create_model", offline)
     with pytest.raises(
         RuntimeError, match=r"could not fetch ImageNet weights.*backbone_weights=PATH"
@@ -86,3 +91,75 @@ def test_an_earlier_stage_can_be_taken():
     assert backbone.feature_info.channels()[-1] == 128
     with torch.no_grad():
         assert backbone(torch.randn(1, 3, 64, 64))[-1].shape == (1, 128, 8, 8)
+
+
+def test_weights_of_another_architecture_raise_listing_missing_and_unexpected_keys(tmp_path):
+    # resnet34's layer1 has three blocks where resnet18's has two; its stem is called the same.
+    torch.save(timm.create_model("resnet34").state_dict(), tmp_path / "resnet34.pth")
+    with pytest.raises(ValueError, match=r"resnet34\.pth.*unexpected keys \(\d+\): \['layer1\.2\."):
+        create_backbone("resnet18", weights=tmp_path / "resnet34.pth")
+    renamed = {f"model.{k}": v for k, v in timm.create_model("resnet18").state_dict().items()}
+    torch.save(renamed, tmp_path / "prefixed.pth")
+    with pytest.raises(ValueError, match=r"missing keys \(\d+\): \['bn1\.bias'.*unexpected keys"):
+        DANet("resnet18", num_classes=3, backbone_weights=tmp_path / "prefixed.pth")
+
+
+def test_weights_of_the_wrong_shape_raise(tmp_path):
+    state_dict = timm.create_model("resnet18").state_dict()
+    state_dict["layer2.0.conv1.weight"] = torch.zeros(128, 64, 1, 1)
+    save_file(state_dict, tmp_path / "resnet18.safetensors")
+    with pytest.raises(ValueError, match=r"shape mismatches.*layer2\.0\.conv1\.weight: file "
+                       r"\(128, 64, 1, 1\), model \(128, 64, 3, 3\)"):  # fmt: skip
+        create_backbone("resnet18", weights=tmp_path / "resnet18.safetensors")
+
+
+def test_weights_without_classifier_or_bn_counters_load_into_any_stage(tmp_path):
+    classifier = timm.create_model("resnet18")
+    kept = {k: v for k, v in classifier.state_dict().items()
+            if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}  # fmt: skip
+    torch.save(kept, tmp_path / "resnet18.pth")
+    backbone = create_backbone("resnet18", weights=tmp_path / "resnet18.pth", out_indices=(2,))
+    torch.testing.assert_close(backbone.layer2[1].conv2.weight, classifier.layer2[1].conv2.weight)
+    four_channels = create_backbone("resnet18", weights=tmp_path / "resnet18.pth", in_chans=4)
+    assert four_channels.conv1.weight.shape[1] == 4  # timm adapts the stem to 4 input channels
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache with nothing in it; the hub is never reached through it."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_hub_offline_mode_fails_at_once_without_a_request(empty_hub_cache, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"HF_HUB_OFFLINE.*resnet18.*backbone_weights=PATH"):
+        create_backbone("resnet18", pretrained=True)
+    assert time.perf_counter() - started < 5
+
+
+def test_unreachable_hub_fails_on_the_first_connection_error(empty_hub_cache, monkeypatch):
+    # Port 9 on the loopback refuses connections: a hub that cannot be reached, no network used.
+    endpoint = "http://127.0.0.1:9"
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")  # fmt: skip
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"could not fetch ImageNet weights.*127\.0\.0\.1:9.*"
+                       r"backbone_weights=PATH"):  # fmt: skip
+        create_backbone("resnet18", pretrained=True)
+    assert time.perf_counter() - started < 5  # the hub client alone retries for 46 s
+
+
+def test_hub_offline_mode_uses_weights_in_the_cache(empty_hub_cache, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    repo = timm.models.get_pretrained_cfg("resnet18").hf_hub_id  # timm/resnet18.a1_in1k
+    snapshot = empty_hub_cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    classifier = timm.create_model("resnet18")
+    save_file(classifier.state_dict(), snapshot / "model.safetensors")
+    backbone = create_backbone("resnet18", pretrained=True)
+    torch.testing.assert_close(backbone.layer4[0].conv1.weight, classifier.layer4[0].conv1.weight)
