@@ -36,6 +36,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from attnblocks.pretrained.datasets import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
+
 Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 PathLike = Union[str, Path]
 # one sample: the image file and its label file (None: no label, every pixel is ignored)
@@ -325,27 +327,7 @@ class CityscapesSegmentation(_FolderSegmentation):
     """
 
     SPLITS = ("train", "val", "test")
-    CLASSES = (
-        "road",
-        "sidewalk",
-        "building",
-        "wall",
-        "fence",
-        "pole",
-        "traffic light",
-        "traffic sign",
-        "vegetation",
-        "terrain",
-        "sky",
-        "person",
-        "rider",
-        "car",
-        "truck",
-        "bus",
-        "train",
-        "motorcycle",
-        "bicycle",
-    )
+    CLASSES = CITYSCAPES_CLASSES
     NUM_CLASSES = 19
     IMAGE_SUFFIX = "_leftImg8bit.png"
     LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -396,27 +378,6 @@ _ADE20K_LAYOUT = (
     f"root/{_ADE20K_FOLDER}/annotations/{{training,validation}}/*.png (root may also be the "
     f"{_ADE20K_FOLDER} folder itself)"
 )
-# the 150 SceneParsing classes, in the order of their annotation values 1..150
-_ADE20K_CLASSES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
-    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain",
-    "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug",
-    "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub",
-    "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter",
-    "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs",
-    "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
-    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
-    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
-    "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier",
-    "awning", "streetlight", "booth", "television receiver", "airplane", "dirt track",
-    "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet",
-    "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer",
-    "plaything", "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag",
-    "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name", "microwave",
-    "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood",
-    "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate",
-    "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
-)  # fmt: skip
 
 
 class ADE20KSegmentation(_FolderSegmentation):
@@ -439,7 +400,7 @@ class ADE20KSegmentation(_FolderSegmentation):
 
     SPLITS = ("train", "val")
     SPLIT_FOLDERS: ClassVar[dict[str, str]] = {"train": "training", "val": "validation"}
-    CLASSES = _ADE20K_CLASSES
+    CLASSES = ADE20K_CLASSES  # in the order of their annotation values 1..150
     NUM_CLASSES = 150
     _LABEL_TABLE = _lookup_table({0: IGNORE_INDEX, **{v: v - 1 for v in range(1, 151)}})
 
@@ -505,29 +466,7 @@ class VOCSegmentation(_FolderSegmentation):
     """
 
     SPLITS = ("train", "val", "trainval")
-    CLASSES = (
-        "background",
-        "aeroplane",
-        "bicycle",
-        "bird",
-        "boat",
-        "bottle",
-        "bus",
-        "car",
-        "cat",
-        "chair",
-        "cow",
-        "diningtable",
-        "dog",
-        "horse",
-        "motorbike",
-        "person",
-        "pottedplant",
-        "sheep",
-        "sofa",
-        "train",
-        "tvmonitor",
-    )
+    CLASSES = VOC_CLASSES
     NUM_CLASSES = 21
     _LABEL_TABLE = _lookup_table({**{v: v for v in range(21)}, IGNORE_INDEX: IGNORE_INDEX})
     _LABEL_FORMAT = "a palette PNG of class indices"

@@ -125,6 +125,35 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
     return checkpoint
 
 
+def state_dict_problems(
+    expected: Mapping[str, Tensor], given: Mapping[str, Tensor], source: str = "checkpoint"
+) -> list[str]:
+    """What keeps ``given`` from filling ``expected`` exactly: missing keys, unexpected keys
+    and shape mismatches, one entry each kind that occurs (empty when it fits).
+
+    Args:
+        expected: the state dict to fill (its keys and shapes).
+        given: the weights offered.
+        source: what ``given`` is called in the shape message (``"checkpoint"``, ``"file"``).
+    """
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    mismatched = [
+        f"{key}: {source} {tuple(given[key].shape)}, model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in given and tuple(given[key].shape) != tuple(expected[key].shape)
+    ]
+    return [
+        problem
+        for problem in (
+            f"missing keys ({len(missing)}): {missing}" if missing else "",
+            f"unexpected keys ({len(unexpected)}): {unexpected}" if unexpected else "",
+            f"shape mismatches: {mismatched}" if mismatched else "",
+        )
+        if problem
+    ]
+
+
 def load_state_dict_strictly(
     model: nn.Module, state_dict: Mapping[str, Tensor], hint: str = "check its configuration"
 ) -> None:
@@ -148,21 +177,10 @@ def load_state_dict_strictly(
     for key, value in expected.items():
         if key.endswith("num_batches_tracked"):
             state_dict.setdefault(key, value)
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)}, model {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state_dict and tuple(state_dict[key].shape) != tuple(expected[key].shape)
-    ]
-    if missing or unexpected or mismatched:
-        problems = [
-            f"missing keys ({len(missing)}): {missing}" if missing else "",
-            f"unexpected keys ({len(unexpected)}): {unexpected}" if unexpected else "",
-            f"shape mismatches: {mismatched}" if mismatched else "",
-        ]
+    problems = state_dict_problems(expected, state_dict)
+    if problems:
         raise ValueError(
             f"the checkpoint does not match this {type(model).__name__} ({hint}); "
-            + "; ".join(p for p in problems if p)
+            + "; ".join(problems)
         )
     model.load_state_dict(state_dict, strict=True)

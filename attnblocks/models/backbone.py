@@ -17,6 +17,7 @@ import timm
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
+from ..compat._keymap import state_dict_problems
 
 OutputStride = Literal[8, 16]
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16)
@@ -160,24 +161,16 @@ def _check_weights_fit(name: str, path: Path, timm_kwargs: Mapping[str, Any]) ->
         for part in ("weight", "bias")
     }
     expected = {k: v for k, v in reference.state_dict().items() if k not in skipped}
-    missing = sorted(
-        k for k in expected if k not in given and not k.endswith("num_batches_tracked")
-    )
-    unexpected = sorted(k for k in given if k not in expected and k not in skipped)
-    mismatched = [
-        f"{key}: file {tuple(given[key].shape)}, model {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in given and tuple(given[key].shape) != tuple(value.shape)
-    ]
-    if missing or unexpected or mismatched:
-        problems = [
-            f"missing keys ({len(missing)}): {missing}" if missing else "",
-            f"unexpected keys ({len(unexpected)}): {unexpected}" if unexpected else "",
-            f"shape mismatches: {mismatched}" if mismatched else "",
-        ]
+    # BatchNorm counters may be absent (older files lack them); classifier keys may be present.
+    given = {k: v for k, v in given.items() if k not in skipped}
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked"):
+            given.setdefault(key, value)
+    problems = state_dict_problems(expected, given, source="file")
+    if problems:
         raise ValueError(
             f"the backbone weights {path} do not fit timm's {name!r} (is it this model's "
-            "ImageNet state dict, with timm's key names?); " + "; ".join(p for p in problems if p)
+            "ImageNet state dict, with timm's key names?); " + "; ".join(problems)
         )
 
 
