@@ -55,13 +55,13 @@ def _dot_product_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         query: ``(B, N, D)``; key: ``(B, N_k, D)``; value: ``(B, N_k, D_v)``.
 
     Returns:
-        ``(B, N, D_v)`` in the value's dtype, computed in at least float32.
+        ``(B, N, D_v)`` in at least float32 (its scale is the cube of the input's).
     """
     dtype = attention_dtype(torch.promote_types(query.dtype, value.dtype))
     with autocast_disabled(query.device):
         context = torch.bmm(key.to(dtype).transpose(1, 2), value.to(dtype))  # (B, D, D_v)
         context = context / key.shape[1]
-        return torch.bmm(query.to(dtype), context).to(value.dtype)
+        return torch.bmm(query.to(dtype), context)
 
 
 def _concatenation_attention(query_score: Tensor, key_score: Tensor, value: Tensor) -> Tensor:
@@ -78,7 +78,7 @@ def _concatenation_attention(query_score: Tensor, key_score: Tensor, value: Tens
         value: ``(B, N_k, D_v)`` values.
 
     Returns:
-        ``(B, N, D_v)`` in the value's dtype.
+        ``(B, N, D_v)`` in at least float32.
     """
     keys = key_score.shape[1]
     order = key_score.argsort(dim=1, descending=True)  # (B, N_k)
@@ -92,7 +92,8 @@ def _concatenation_attention(query_score: Tensor, key_score: Tensor, value: Tens
     seen = seen[..., None].expand(-1, -1, value.shape[-1])
     attended = query_score[..., None].to(_ACCUMULATE) * sums.gather(1, seen)
     attended = attended + weighted_sums.gather(1, seen)
-    return (attended / keys).to(value.dtype)
+    dtype = attention_dtype(torch.promote_types(query_score.dtype, value.dtype))
+    return (attended / keys).to(dtype)
 
 
 class NonLocal2d(nn.Module):
@@ -200,7 +201,14 @@ class NonLocal2d(nn.Module):
             nn.init.zeros_(last.bias)
 
     def _pool(self, maps: Tensor) -> Tensor:
-        return F.max_pool2d(maps, kernel_size=2) if self.sub_sample else maps
+        if not self.sub_sample:
+            return maps
+        if min(maps.shape[-2:]) < 2:
+            raise ValueError(
+                "NonLocal2d with sub_sample=True needs maps of at least 2 x 2 (2x2 max-pool), "
+                f"got {maps.shape[-2]} x {maps.shape[-1]}"
+            )
+        return F.max_pool2d(maps, kernel_size=2)
 
     def _queries_keys(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
         """Query tokens ``(B, N, D)``, key tokens ``(B, N_k, D)`` and the key map's size.
@@ -243,7 +251,15 @@ class NonLocal2d(nn.Module):
         else:
             y = _concatenation_attention(*self._concatenation_scores(query, key), value)
         y = rearrange(y, "b (h w) c -> b c h w", h=height, w=width)
-        return x + self.conv_out(y).to(x.dtype)
+        if self.mode in _SOFTMAX_MODES:  # y averages g: as safe in half precision as g
+            return x + self.conv_out(y).to(x.dtype)
+        # Products of three projections (cubic in x) can pass float16's range: no autocast.
+        with autocast_disabled(x.device):
+            return x + self.conv_out(y.to(self._conv_out_dtype())).to(x.dtype)
+
+    def _conv_out_dtype(self) -> torch.dtype:
+        """The dtype of ``conv_out``'s parameters."""
+        return next(self.conv_out.parameters()).dtype
 
     @torch.no_grad()
     def attention_map(self, x: Tensor, points: Sequence[tuple[int, int]] | Tensor) -> Tensor:

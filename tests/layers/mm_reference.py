@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 DATA_DIR = Path(__file__).parents[1] / "data" / "mm_reference"
@@ -88,3 +89,54 @@ def run_fixture(module: torch.nn.Module, arrays: dict[str, Tensor]) -> tuple[Ten
     if "grad_input" in arrays:
         (out * arrays["weight_for_loss"]).sum().backward()
     return out, x
+
+
+def reference_criss_cross(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+    """mmcv's criss-cross attention (its einsum formulation), without gamma and residual."""
+    height = query.shape[2]
+    mask = torch.diag(torch.full((height,), float("-inf"), dtype=query.dtype))
+    energy_column = torch.einsum("bchw,bciw->bwhi", query, key) + mask
+    energy_row = torch.einsum("bchw,bchj->bhwj", query, key)
+    attention = torch.cat([energy_column.transpose(1, 2), energy_row], dim=-1).softmax(dim=-1)
+    out = torch.einsum("bciw,bhwi->bchw", value, attention[..., :height])
+    return out + torch.einsum("bchj,bhwj->bchw", value, attention[..., height:])
+
+
+def _conv(state: dict[str, Tensor], name: str, maps: Tensor) -> Tensor:
+    return F.conv2d(maps, state[f"{name}.weight"], state.get(f"{name}.bias"))
+
+
+def reference_pairwise(x: Tensor, state: dict[str, Tensor], mode: str, sub_sample: bool,
+                       use_scale: bool = True) -> Tensor:  # fmt: skip
+    """mmcv's NonLocal2d pairwise matrix ``(B, N, N_k)`` (the N x N matrix), in x's dtype,
+    out of place (so that the concatenation mode has gradients), on our key layout."""
+    state = {key: value.to(x.dtype) for key, value in state.items()}
+    pool = (lambda t: F.max_pool2d(t, 2)) if sub_sample else (lambda t: t)
+    if mode == "gaussian":
+        theta, phi = x.flatten(2).transpose(1, 2), pool(x).flatten(2)
+    else:
+        theta = _conv(state, "theta", x).flatten(2).transpose(1, 2)  # (B, N, C')
+        phi = pool(_conv(state, "phi", x)).flatten(2)  # (B, C', N_k)
+    if mode in ("gaussian", "embedded_gaussian"):
+        energy = theta @ phi
+        if mode == "embedded_gaussian" and use_scale:
+            energy = energy / theta.shape[-1] ** 0.5
+        return energy.softmax(dim=-1)
+    if mode == "dot_product":
+        return theta @ phi / phi.shape[-1]
+    inter = theta.shape[-1]
+    weight = state["concat_project.weight"].flatten()
+    scores = (theta @ weight[:inter])[:, :, None] + (weight[inter:] @ phi)[:, None, :]
+    return F.relu(scores) / phi.shape[-1]
+
+
+def reference_non_local(x: Tensor, state: dict[str, Tensor], mode: str, sub_sample: bool,
+                        use_scale: bool = True) -> Tensor:  # fmt: skip
+    """mmcv's NonLocal2d forward through :func:`reference_pairwise`."""
+    pairwise = reference_pairwise(x, state, mode, sub_sample, use_scale)
+    state = {key: value.to(x.dtype) for key, value in state.items()}
+    g = _conv(state, "g", x)
+    g = (F.max_pool2d(g, 2) if sub_sample else g).flatten(2).transpose(1, 2)  # (B, N_k, C')
+    b, _, h, w = x.shape
+    y = (pairwise @ g).transpose(1, 2).reshape(b, -1, h, w)
+    return x + _conv(state, "conv_out", y)
