@@ -58,7 +58,8 @@ def _probabilities(
     row = torch.bmm(query, key.transpose(1, 2))  # (H, W, W) energies
     # Column views of row-major maps: each (H, D) matrix keeps a unit stride, so bmm reads in place.
     column = torch.bmm(query.transpose(0, 1), key.transpose(0, 1).transpose(1, 2))  # (W, H, H)
-    column.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # a pixel counts once: in its row
+    own = torch.eye(column.shape[-1], dtype=torch.bool, device=column.device)
+    column.masked_fill_(own, float("-inf"))  # a pixel counts once: in its row
     if log_sum_exp is None:
         row_max = torch.maximum(row.amax(dim=-1), column.amax(dim=-1).t())  # (H, W)
         row.sub_(row_max[..., None]).exp_()

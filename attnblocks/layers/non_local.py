@@ -64,13 +64,27 @@ def _dot_product_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         return torch.bmm(query.to(dtype), context)
 
 
+def _keys_below(queries: Tensor, keys: Tensor) -> Tensor:
+    """For each query ``a_i``, the number of keys ``c_j < a_i``: ``(B, N)`` integers.
+
+    One sort of queries and keys together: what ``searchsorted`` does, in ops that ONNX
+    has. A key equal to a query may count or not; its term is ``ReLU(0) = 0`` either way.
+    """
+    merged = torch.cat([queries, keys], dim=1)  # (B, N + N_k)
+    is_key = torch.cat([torch.zeros_like(queries), torch.ones_like(keys)], dim=1).long()
+    order = merged.argsort(dim=1)
+    keys_so_far = is_key.gather(1, order).cumsum(dim=1)  # keys up to each sorted position
+    counts = torch.zeros_like(keys_so_far).scatter(1, order, keys_so_far)
+    return counts[:, : queries.shape[1]]
+
+
 def _concatenation_attention(query_score: Tensor, key_score: Tensor, value: Tensor) -> Tensor:
     """``y_i = sum_j ReLU(a_i + b_j) v_j / N_k`` exactly, in ``O((N + N_k) D_v)`` memory.
 
     With the keys sorted by ``b`` (descending), the keys that query ``i`` sees are a
     prefix: those with ``b_j > -a_i``. So ``y_i = (a_i S_k + T_k) / N_k`` with prefix sums
     ``S_k = sum_{j<k} v_j`` and ``T_k = sum_{j<k} b_j v_j`` at that prefix's length ``k``,
-    found by binary search. Gradients flow through the sums and gathers.
+    counted by one sort. Gradients flow through the sums and gathers.
 
     Args:
         query_score: ``(B, N)`` scores ``a_i = w_theta . theta_i``.
@@ -87,8 +101,7 @@ def _concatenation_attention(query_score: Tensor, key_score: Tensor, value: Tens
     sums = torch.cumsum(sorted_value, dim=1)  # S_1 .. S_Nk
     weighted_sums = torch.cumsum(sorted_score[..., None].to(_ACCUMULATE) * sorted_value, dim=1)
     sums, weighted_sums = F.pad(sums, (0, 0, 1, 0)), F.pad(weighted_sums, (0, 0, 1, 0))  # S_0 = 0
-    # -b ascending: the number of keys with -b_j < a_i is the length of query i's prefix.
-    seen = torch.searchsorted(-sorted_score.detach(), query_score.detach().contiguous())  # (B, N)
+    seen = _keys_below(query_score.detach(), -key_score.detach())  # (B, N) prefix lengths
     seen = seen[..., None].expand(-1, -1, value.shape[-1])
     attended = query_score[..., None].to(_ACCUMULATE) * sums.gather(1, seen)
     attended = attended + weighted_sums.gather(1, seen)
