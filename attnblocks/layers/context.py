@@ -139,9 +139,9 @@ class ContextBlock(nn.Module):
             if self.pooling == "avg":
                 context = x.to(dtype).mean(dim=(2, 3), keepdim=True)
             else:
-                weights = self._pooling_weights(x)  # (B, 1, N)
-                maps = rearrange(x.to(dtype), "b c h w -> b (h w) c")
-                context = rearrange(torch.bmm(weights, maps), "b 1 c -> b c 1 1")
+                weights = rearrange(self._pooling_weights(x), "b 1 n -> b n 1")
+                maps = rearrange(x.to(dtype), "b c h w -> b c (h w)")  # a view: no copy
+                context = rearrange(torch.bmm(maps, weights), "b c 1 -> b c 1 1")
         return context.to(x.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
