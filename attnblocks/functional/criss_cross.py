@@ -306,7 +306,7 @@ def criss_cross_attention(
     attended map for ``gamma``'s gradient.
 
     Energies and softmax run in at least float32, also under ``torch.autocast``; the
-    value path runs in the value's dtype. Memory ``O(B (C N + N (H + W)))`` in forward
+    value path runs in the value's dtype. Memory ``O(B C N + N (H + W))`` in forward
     and backward (first-order gradients only: no double backward).
 
     Args:
