@@ -1,11 +1,31 @@
-"""attnblocks: pluggable attention blocks for CNNs, starting with DANet's PAM and CAM.
+"""attnblocks: pluggable attention blocks for CNNs.
+
+DANet's PAM and CAM, CCNet's criss-cross attention, the non-local block and GCNet's
+global context block.
 
 Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
 https://arxiv.org/abs/1809.02983
 """
 
-from .layers import CAM, PAM, DualAttention, DualAttentionOutput
+from .layers import (
+    CAM,
+    PAM,
+    ContextBlock,
+    CrissCrossAttention,
+    DualAttention,
+    DualAttentionOutput,
+    NonLocal2d,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["CAM", "PAM", "DualAttention", "DualAttentionOutput", "__version__"]
+__all__ = [
+    "CAM",
+    "PAM",
+    "ContextBlock",
+    "CrissCrossAttention",
+    "DualAttention",
+    "DualAttentionOutput",
+    "NonLocal2d",
+    "__version__",
+]

@@ -1,4 +1,4 @@
-"""DANet's attention math as plain functions, with selectable backends."""
+"""The attention math of the blocks as plain functions, with selectable backends."""
 
 from ._backends import (
     BACKEND_ENV_VAR,
@@ -12,6 +12,7 @@ from ._backends import (
 from ._chunked import DEFAULT_CHUNK_MEMORY, chunk_size_for_memory
 from ._precision import low_precision_is_faster
 from .channel import CHANNEL_MODES, channel_attention, channel_attention_weights
+from .criss_cross import criss_cross_attention, criss_cross_attention_weights
 from .position import (
     BMM_MAX_MATRIX_BYTES,
     position_attention,
@@ -30,6 +31,8 @@ __all__ = [
     "channel_attention",
     "channel_attention_weights",
     "chunk_size_for_memory",
+    "criss_cross_attention",
+    "criss_cross_attention_weights",
     "get_attention_backend",
     "last_attention_backend",
     "low_precision_is_faster",

@@ -1,8 +1,20 @@
 """Attention blocks for CNN feature maps."""
 
 from .cam import CAM
+from .context import ContextBlock
 from .conv_norm_act import ConvNormAct
+from .criss_cross import CrissCrossAttention
 from .dual_attention import DualAttention, DualAttentionOutput
+from .non_local import NonLocal2d
 from .pam import PAM
 
-__all__ = ["CAM", "PAM", "ConvNormAct", "DualAttention", "DualAttentionOutput"]
+__all__ = [
+    "CAM",
+    "PAM",
+    "ContextBlock",
+    "ConvNormAct",
+    "CrissCrossAttention",
+    "DualAttention",
+    "DualAttentionOutput",
+    "NonLocal2d",
+]

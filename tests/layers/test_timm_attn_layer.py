@@ -1,4 +1,4 @@
-"""PAM and CAM as timm's `attn_layer`, built per residual block as attn_layer(channels, **dd)."""
+"""The blocks as timm's `attn_layer`, built per residual block as attn_layer(channels, **dd)."""
 
 from functools import partial
 
@@ -6,13 +6,31 @@ import pytest
 import timm
 import torch
 
-from attnblocks import CAM, PAM
+from attnblocks import CAM, PAM, ContextBlock, CrissCrossAttention, NonLocal2d
 
 
 @pytest.mark.parametrize(
     "attn_layer, block_type",
-    [(CAM, CAM), (partial(PAM, gamma_init=0.1), PAM)],
-    ids=["CAM", "PAM"],
+    [
+        (CAM, CAM),
+        (partial(PAM, gamma_init=0.1), PAM),
+        (partial(CrissCrossAttention, gamma_init=0.1), CrissCrossAttention),
+        *[
+            (partial(NonLocal2d, mode=mode, zero_init_last=False), NonLocal2d)
+            for mode in ("embedded_gaussian", "gaussian", "dot_product", "concatenation")
+        ],
+        (
+            partial(ContextBlock, zero_init_last=False, fusion=("channel_add", "channel_mul")),
+            ContextBlock,
+        ),
+    ],
+    ids=[
+        "CAM",
+        "PAM",
+        "CrissCross",
+        *(f"NonLocal-{m}" for m in ("eg", "g", "dot", "cat")),
+        "Context",
+    ],
 )
 def test_resnet18_with_attention_in_every_block(attn_layer, block_type):
     # zero_init_last=False: timm zeroes each block's last norm, which would feed the blocks zeros.
