@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .._validation import check_choice, check_feature_map, check_positive_int
 from ..functional._precision import attention_dtype, autocast_disabled
 from ._points import check_points
-from .pam import _project
+from ._projection import project_in
 
 ContextPooling = Literal["att", "avg"]
 #: Context pooling of :class:`ContextBlock`: attention pooling or plain average.
@@ -129,7 +129,7 @@ class ContextBlock(nn.Module):
 
     def _pooling_weights(self, x: Tensor) -> Tensor:
         """Attention pooling weights ``(B, 1, H*W)`` (each row sums to 1), at least float32."""
-        logits = _project(self.conv_mask, x, attention_dtype(x.dtype))  # (B, 1, H, W)
+        logits = project_in(self.conv_mask, x, attention_dtype(x.dtype))  # (B, 1, H, W)
         return rearrange(logits, "b 1 h w -> b 1 (h w)").softmax(dim=-1)
 
     def _context(self, x: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ from .._validation import check_feature_map, check_positive_int
 from ..functional._precision import attention_dtype
 from ..functional.criss_cross import criss_cross_attention, criss_cross_attention_weights
 from ._points import check_points
-from .pam import _project
+from ._projection import project_in
 
 
 class CrissCrossAttention(nn.Module):
@@ -77,7 +77,7 @@ class CrissCrossAttention(nn.Module):
     def _query_key(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Query and key maps ``(B, C // reduction, H, W)`` in at least float32."""
         dtype = attention_dtype(x.dtype)
-        return _project(self.query_conv, x, dtype), _project(self.key_conv, x, dtype)
+        return project_in(self.query_conv, x, dtype), project_in(self.key_conv, x, dtype)
 
     def _attend_once(self, x: Tensor) -> Tensor:
         query, key = self._query_key(x)

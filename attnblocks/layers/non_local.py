@@ -34,7 +34,7 @@ from .._validation import check_choice, check_feature_map, check_positive_int
 from ..functional import POSITION_BACKENDS, position_attention, position_attention_weights
 from ..functional._precision import attention_dtype, autocast_disabled
 from ._points import check_points
-from .pam import _project
+from ._projection import project_in
 
 NonLocalMode = Literal["embedded_gaussian", "gaussian", "dot_product", "concatenation"]
 #: The pairwise functions of :class:`NonLocal2d`, as mmcv names them.
@@ -233,8 +233,8 @@ class NonLocal2d(nn.Module):
             query, key = x, self._pool(x)
         else:
             dtype = attention_dtype(x.dtype)
-            query = _project(self.theta, x, dtype)
-            key = self._pool(_project(self.phi, x, dtype))
+            query = project_in(self.theta, x, dtype)
+            key = self._pool(project_in(self.phi, x, dtype))
         return _tokens(query), _tokens(key), tuple(key.shape[-2:])
 
     def _scale(self) -> float | None:

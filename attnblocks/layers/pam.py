@@ -20,18 +20,10 @@ from ..functional._backends import (
     check_backend,
     check_chunk_size,
 )
-from ..functional._precision import attention_dtype, autocast_disabled
+from ..functional._precision import attention_dtype
 from ..functional.position import position_attention, position_attention_weights
-
-
-def _project(conv: nn.Conv2d, x: Tensor, dtype: torch.dtype) -> Tensor:
-    """Apply a 1x1 ``conv`` in ``dtype``, whatever autocast and the conv's own dtype say."""
-    with autocast_disabled(x.device):
-        if conv.weight.dtype == dtype:
-            return conv(x.to(dtype))  # the module itself, so its hooks run
-        # Half-precision weights (model.half()): use them in float32 for the energies.
-        bias = None if conv.bias is None else conv.bias.to(dtype)
-        return F.conv2d(x.to(dtype), conv.weight.to(dtype), bias)
+from ._points import check_points
+from ._projection import project_in
 
 
 def _scripted_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -101,8 +93,8 @@ class PAM(nn.Module):
     def _query_key(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Query and key tokens ``(B, H*W, C // reduction)`` in at least float32."""
         dtype = attention_dtype(x.dtype)
-        query = _project(self.query_conv, x, dtype)
-        key = _project(self.key_conv, x, dtype)
+        query = project_in(self.query_conv, x, dtype)
+        key = project_in(self.key_conv, x, dtype)
         return rearrange(query, "b d h w -> b (h w) d"), rearrange(key, "b d h w -> b (h w) d")
 
     def forward(self, x: Tensor) -> Tensor:
@@ -174,16 +166,7 @@ class PAM(nn.Module):
         """
         check_feature_map(x, self.channels, type(self).__name__)
         height, width = x.shape[-2:]
-        rows_cols = torch.as_tensor(points, device=x.device)
-        if rows_cols.ndim != 2 or rows_cols.shape[-1] != 2 or rows_cols.is_floating_point():
-            raise ValueError(
-                f"points must be (row, col) integer pairs of shape (P, 2), got {points!r}"
-            )
-        rows, cols = rows_cols.unbind(-1)
-        outside = (rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)
-        if outside.any():
-            bad = rows_cols[outside].tolist()
-            raise ValueError(f"points {bad} lie outside the {height} x {width} feature map")
+        rows, cols = check_points(points, height, width, x.device)
         query, key = self._query_key(x)
         weights = position_attention_weights(query[:, rows * width + cols], key)  # (B, P, N)
         return rearrange(weights, "b p (h w) -> b p h w", h=height, w=width)
