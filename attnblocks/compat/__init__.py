@@ -8,8 +8,11 @@ keys no rule covers; ``KeyMap.load_into`` then loads strictly through
 key in one ``ValueError``. Sources so far:
 
 - ``original.py``: the authors' DANet (``ORIGINAL_DANET``, ``ORIGINAL_DANET_HEAD``).
-- ``mmseg.py``: mmsegmentation's segmentors on ResNetV1c (``MMSEG_DANET``), with the
-  helpers that read its checkpoints and infer backbone depth and classes.
+- ``mmcv.py``: mmcv's ``CrissCrossAttention``, ``NonLocal2d`` and ``ContextBlock``
+  (:func:`load_mmcv_state_dict` picks the table that fits the module).
+- ``mmseg.py``: mmsegmentation's segmentors on ResNetV1c (``MMSEG_DANET``,
+  ``MMSEG_CCNET``), with the helpers that read its checkpoints and infer backbone depth
+  and classes.
 
 Adding a source is adding a table, in a file named after the source:
 
@@ -34,10 +37,22 @@ from ._keymap import (
     scalar_to_vector,
     unwrap_state_dict,
 )
+from .mmcv import (
+    MMCV_CONTEXT_BLOCK,
+    MMCV_CRISS_CROSS,
+    MMCV_CRISS_CROSS_RULES,
+    MMCV_NON_LOCAL,
+    load_mmcv_state_dict,
+    mmcv_key_map,
+)
 from .mmseg import (
+    MMSEG_CCHEAD_RULES,
+    MMSEG_CCNET,
     MMSEG_DAHEAD_RULES,
     MMSEG_DANET,
     MMSEG_RESNET_V1C_RULES,
+    MMSEG_SEGMENTORS,
+    conv_module_rules,
     convert_mmseg_danet_state_dict,
     mmseg_backbone_name,
     mmseg_num_classes,
@@ -54,19 +69,29 @@ from .original import (
 )
 
 __all__ = [
+    "MMCV_CONTEXT_BLOCK",
+    "MMCV_CRISS_CROSS",
+    "MMCV_CRISS_CROSS_RULES",
+    "MMCV_NON_LOCAL",
+    "MMSEG_CCHEAD_RULES",
+    "MMSEG_CCNET",
     "MMSEG_DAHEAD_RULES",
     "MMSEG_DANET",
     "MMSEG_RESNET_V1C_RULES",
+    "MMSEG_SEGMENTORS",
     "ORIGINAL_DANET",
     "ORIGINAL_DANET_HEAD",
     "ORIGINAL_DANET_HEAD_RULES",
     "KeyMap",
     "Rename",
+    "conv_module_rules",
     "convert_mmseg_danet_state_dict",
     "convert_original_head_state_dict",
     "convert_original_state_dict",
+    "load_mmcv_state_dict",
     "load_original_state_dict",
     "load_state_dict_strictly",
+    "mmcv_key_map",
     "mmseg_backbone_name",
     "mmseg_num_classes",
     "mmseg_segmentor_key_map",

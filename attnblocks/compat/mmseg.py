@@ -7,7 +7,9 @@ then torchvision's ``layer1..4`` names), ``decode_head.*`` (the model's head) an
 ResNetV1c is timm's ``resnet50c``/``resnet101c``: stem widths 32-32-64, and mmseg's
 ``contract_dilation`` (the first block of a dilated stage uses half the dilation) is
 what timm builds for ``output_stride=8``. mmcv's ``Scale`` keeps a 0-d ``scale``
-where this package's blocks keep ``gamma`` of shape ``[1]``.
+where this package's blocks keep ``gamma`` of shape ``[1]``, and mmcv's ``ConvModule``
+names its parts ``conv`` and ``bn`` where :class:`~attnblocks.layers.ConvNormAct`
+has ``conv`` and ``norm``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor
 
 from ._checkpoint import read_checkpoint
 from ._keymap import KeyMap, Rename, prefixed, scalar_to_vector, unwrap_state_dict
+from .mmcv import MMCV_CRISS_CROSS_RULES
 
 # mmseg's ResNetV1c -> timm's resnet50c/resnet101c, keys relative to the backbone. The stem is
 # one nn.Sequential in both: conv-bn-relu twice, then conv-bn-relu, whose bn is timm's bn1.
@@ -55,6 +58,23 @@ MMSEG_DAHEAD_RULES: tuple[Rename, ...] = (
 )
 
 
+def conv_module_rules(source: str, target: str) -> tuple[Rename, ...]:
+    """Rules for an mmcv ``ConvModule`` (conv + BN + activation) at ``source``, our
+    ``ConvNormAct`` at ``target`` (both prefixes end in ``.``)."""
+    return (Rename(f"{source}conv.", f"{target}conv."), Rename(f"{source}bn.", f"{target}norm."))
+
+
+# mmseg's CCHead (an FCNHead with two convs and concat_input) -> our CCNetHead, keys relative to
+# the head: convs.0 -> cca (recurrence times) -> convs.1 -> conv_cat(x and that) -> conv_seg.
+MMSEG_CCHEAD_RULES: tuple[Rename, ...] = (
+    *conv_module_rules("convs.0.", "attention_in."),
+    *prefixed(MMCV_CRISS_CROSS_RULES, "cca.", "attention."),
+    *conv_module_rules("convs.1.", "attention_out."),
+    *conv_module_rules("conv_cat.", "fuse."),
+    Rename("conv_seg.", "classifier.conv."),
+)
+
+
 def mmseg_segmentor_key_map(model: str, head_rules: tuple[Rename, ...]) -> KeyMap:
     """The :class:`KeyMap` of an mmseg ``EncoderDecoder`` on ResNetV1c with the given head.
 
@@ -75,6 +95,9 @@ def mmseg_segmentor_key_map(model: str, head_rules: tuple[Rename, ...]) -> KeyMa
 
 
 MMSEG_DANET = mmseg_segmentor_key_map("DANet", MMSEG_DAHEAD_RULES)
+MMSEG_CCNET = mmseg_segmentor_key_map("CCNet", MMSEG_CCHEAD_RULES)
+#: The tables by model name as mmseg's config names start (``"danet"``, ``"ccnet"``).
+MMSEG_SEGMENTORS: dict[str, KeyMap] = {"danet": MMSEG_DANET, "ccnet": MMSEG_CCNET}
 
 # Bottleneck blocks per stage -> timm name. mmseg's DANet/CCNet are released on these two.
 MMSEG_RESNET_V1C_DEPTHS: dict[tuple[int, ...], str] = {

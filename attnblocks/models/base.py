@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .._validation import check_float_tensor, check_positive_int
 from ..compat import (
+    MMSEG_SEGMENTORS,
     KeyMap,
     load_state_dict_strictly,
     mmseg_backbone_name,
@@ -227,8 +228,9 @@ class SegmentationModel(
                 override the inferred ones.
 
         Raises:
-            ValueError: for a backbone other than ResNetV1c-50/101, keys that are not
-                part of the mmseg model, or missing, unexpected or misshapen keys.
+            ValueError: for a backbone other than ResNetV1c-50/101, a release of another
+                model, keys that are not part of the mmseg model, or missing, unexpected or
+                misshapen keys.
             FileNotFoundError: for a path that is not a file, nor a known name or URL.
         """
         key_map = cls.mmseg_key_map
@@ -237,6 +239,12 @@ class SegmentationModel(
         entry, checkpoint = None, path_or_checkpoint
         if isinstance(checkpoint, (str, Path)):
             entry = find_mmseg_checkpoint(checkpoint)
+            if entry is not None and MMSEG_SEGMENTORS.get(entry.model) is not key_map:
+                raise ValueError(
+                    f"{str(checkpoint)!r} is a release of mmseg's {entry.model!r} models; "
+                    f"{cls.__name__}.from_mmseg loads {key_map.source}: call from_mmseg on "
+                    "the matching model class"
+                )
             text = str(checkpoint)
             if not Path(checkpoint).is_file() and (text in MMSEG_CHECKPOINTS or "://" in text):
                 checkpoint = load_mmseg_checkpoint(text)

@@ -3,7 +3,7 @@
 - :class:`PretrainedConfig`: normalisation, class names, palette and test-time
   resizing / sliding window of a model (``config.py``).
 - Class names and palettes of Cityscapes, ADE20K and PASCAL VOC (``datasets.py``).
-- :data:`MMSEG_CHECKPOINTS`: mmsegmentation's released DANet checkpoints, and
+- :data:`MMSEG_CHECKPOINTS`: mmsegmentation's released DANet and CCNet checkpoints, and
   :func:`load_mmseg_checkpoint` to fetch one with its hash checked (``mmseg_checkpoints.py``).
 """
 

@@ -1,7 +1,7 @@
-"""mmsegmentation's released DANet checkpoints: where they are, how well they score, how to fetch.
+"""mmsegmentation's released DANet and CCNet checkpoints: where, how good, how to fetch.
 
-Facts from mmsegmentation's ``configs/danet/metafile.yaml`` and README: the 1.x config
-name, dataset, training crop and iterations, mIoU on the validation set single-scale
+Facts from mmsegmentation's ``configs/{danet,ccnet}/metafile.yaml`` and READMEs: the 1.x
+config name, dataset, training crop and iterations, mIoU on the validation set single-scale
 and with multi-scale + flip testing (where published), and the download file. Every
 file name ends in the first 8 hex digits of the file's SHA-256, which
 ``torch.hub.load_state_dict_from_url(..., check_hash=True)`` verifies.
@@ -121,6 +121,54 @@ MMSEG_CHECKPOINTS: dict[str, MMSegCheckpoint] = {
         MMSegCheckpoint("danet_r101-d8_4xb4-40k_voc12aug-512x512", "voc", (512, 512),
                         40_000, 76.51, 77.32, "danet_r101-d8_512x512_40k_voc12aug",
                         "20200613_223031-788e232a"),
+        MMSegCheckpoint("ccnet_r50-d8_4xb2-40k_cityscapes-512x1024", "cityscapes", (512, 1024),
+                        40_000, 77.76, 78.87, "ccnet_r50-d8_512x1024_40k_cityscapes",
+                        "20200616_142517-4123f401"),
+        MMSegCheckpoint("ccnet_r101-d8_4xb2-40k_cityscapes-512x1024", "cityscapes", (512, 1024),
+                        40_000, 76.35, 78.19, "ccnet_r101-d8_512x1024_40k_cityscapes",
+                        "20200616_142540-a3b84ba6"),
+        MMSegCheckpoint("ccnet_r50-d8_4xb2-40k_cityscapes-769x769", "cityscapes", (769, 769),
+                        40_000, 78.46, 79.93, "ccnet_r50-d8_769x769_40k_cityscapes",
+                        "20200616_145125-76d11884", **_SLIDE_769),
+        MMSegCheckpoint("ccnet_r101-d8_4xb2-40k_cityscapes-769x769", "cityscapes", (769, 769),
+                        40_000, 76.94, 78.62, "ccnet_r101-d8_769x769_40k_cityscapes",
+                        "20200617_101428-4f57c8d0", **_SLIDE_769),
+        MMSegCheckpoint("ccnet_r50-d8_4xb2-80k_cityscapes-512x1024", "cityscapes", (512, 1024),
+                        80_000, 79.03, 80.16, "ccnet_r50-d8_512x1024_80k_cityscapes",
+                        "20200617_010421-869a3423"),
+        MMSegCheckpoint("ccnet_r101-d8_4xb2-80k_cityscapes-512x1024", "cityscapes", (512, 1024),
+                        80_000, 78.87, 79.90, "ccnet_r101-d8_512x1024_80k_cityscapes",
+                        "20200617_203935-ffae8917"),
+        MMSegCheckpoint("ccnet_r50-d8_4xb2-80k_cityscapes-769x769", "cityscapes", (769, 769),
+                        80_000, 79.29, 81.08, "ccnet_r50-d8_769x769_80k_cityscapes",
+                        "20200617_010421-73eed8ca", **_SLIDE_769),
+        MMSegCheckpoint("ccnet_r101-d8_4xb2-80k_cityscapes-769x769", "cityscapes", (769, 769),
+                        80_000, 79.45, 80.66, "ccnet_r101-d8_769x769_80k_cityscapes",
+                        "20200618_011502-ad3cd481", **_SLIDE_769),
+        MMSegCheckpoint("ccnet_r50-d8_4xb4-80k_ade20k-512x512", "ade20k", (512, 512),
+                        80_000, 41.78, 42.98, "ccnet_r50-d8_512x512_80k_ade20k",
+                        "20200615_014848-aa37f61e"),
+        MMSegCheckpoint("ccnet_r101-d8_4xb4-80k_ade20k-512x512", "ade20k", (512, 512),
+                        80_000, 43.97, 45.13, "ccnet_r101-d8_512x512_80k_ade20k",
+                        "20200615_014848-1f4929a3"),
+        MMSegCheckpoint("ccnet_r50-d8_4xb4-160k_ade20k-512x512", "ade20k", (512, 512),
+                        160_000, 42.08, 43.13, "ccnet_r50-d8_512x512_160k_ade20k",
+                        "20200616_084435-7c97193b"),
+        MMSegCheckpoint("ccnet_r101-d8_4xb4-160k_ade20k-512x512", "ade20k", (512, 512),
+                        160_000, 43.71, 45.04, "ccnet_r101-d8_512x512_160k_ade20k",
+                        "20200616_000644-e849e007"),
+        MMSegCheckpoint("ccnet_r50-d8_4xb4-20k_voc12aug-512x512", "voc", (512, 512),
+                        20_000, 76.17, 77.51, "ccnet_r50-d8_512x512_20k_voc12aug",
+                        "20200617_193212-fad81784"),
+        MMSegCheckpoint("ccnet_r101-d8_4xb4-20k_voc12aug-512x512", "voc", (512, 512),
+                        20_000, 77.27, 79.02, "ccnet_r101-d8_512x512_20k_voc12aug",
+                        "20200617_193212-0007b61d"),
+        MMSegCheckpoint("ccnet_r50-d8_4xb4-40k_voc12aug-512x512", "voc", (512, 512),
+                        40_000, 75.96, 77.04, "ccnet_r50-d8_512x512_40k_voc12aug",
+                        "20200613_232127-c2a15f02"),
+        MMSegCheckpoint("ccnet_r101-d8_4xb4-40k_voc12aug-512x512", "voc", (512, 512),
+                        40_000, 77.87, 78.90, "ccnet_r101-d8_512x512_40k_voc12aug",
+                        "20200613_232127-c30da577"),
     )
 }  # fmt: skip
 

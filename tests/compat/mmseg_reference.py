@@ -1,10 +1,11 @@
-"""mmseg checkpoints for tests: the fixture's fill-rule weights, and other depths / class counts.
+"""mmseg checkpoints for tests: the fixtures' fill-rule weights, and other depths / class counts.
 
-The fixture (``tests/data/mm_reference``) lists the keys of mmseg's DANet-R50 on
-Cityscapes exactly as mmseg's ``state_dict()`` does, ``auxiliary_head.*`` included.
-ResNetV1c-101 differs only in the number of ``layer3`` blocks (23 instead of 6), so its
-key list is the fixture's with blocks 6..22 added after block 5's pattern: mmseg-named
-keys made without this package's mapping.
+The fixtures (``tests/data/mm_reference``) list the keys of mmseg's DANet-R50 and
+CCNet-R50 on Cityscapes (``mmseg_danet``, ``mmseg_ccnet``) exactly as mmseg's
+``state_dict()`` does, ``auxiliary_head.*`` included. ResNetV1c-101 differs only in the
+number of ``layer3`` blocks (23 instead of 6), so its key list is the fixture's with
+blocks 6..22 added after block 5's pattern: mmseg-named keys made without this
+package's mapping. Every helper takes the fixture's name (default: DANet's).
 """
 
 from __future__ import annotations
@@ -27,40 +28,45 @@ META = {"mmseg_version": "0.5.0+b2724da", "config": "model = dict(type='EncoderD
         "iter": 80000}  # fmt: skip
 
 
-def fixture_config() -> dict:
-    """The mmseg DANet fixture's manifest entry (configuration, seed, keys)."""
-    return manifest(MM_DATA_DIR)["mmseg_danet"]
+DANET, CCNET = "mmseg_danet", "mmseg_ccnet"  # the fixtures' names
 
 
-def fixture_arrays() -> dict[str, Tensor]:
-    """The mmseg DANet fixture's input and outputs."""
-    return load_arrays("mmseg_danet", MM_DATA_DIR)
+def fixture_config(name: str = DANET) -> dict:
+    """An mmseg fixture's manifest entry (configuration, seed, keys)."""
+    return manifest(MM_DATA_DIR)[name]
+
+
+def fixture_arrays(name: str = DANET) -> dict[str, Tensor]:
+    """An mmseg fixture's input and outputs."""
+    return load_arrays(name, MM_DATA_DIR)
 
 
 @cache
-def _fixture_state_dict() -> dict[str, Tensor]:
-    entry = fixture_config()
+def _fixture_state_dict(name: str) -> dict[str, Tensor]:
+    entry = fixture_config(name)
     return fill_rule(entry["keys"], entry["weights_seed"])
 
 
-def fixture_state_dict() -> dict[str, Tensor]:
+def fixture_state_dict(name: str = DANET) -> dict[str, Tensor]:
     """The fixture's weights by its fill rule, mmseg key names, ``auxiliary_head.*`` included.
 
     A new dict each call (the tensors are shared: do not change them in place).
     """
-    return dict(_fixture_state_dict())
+    return dict(_fixture_state_dict(name))
 
 
-def fixture_checkpoint() -> dict:
+def fixture_checkpoint(name: str = DANET) -> dict:
     """The fixture's weights wrapped as mmseg releases them: ``{"meta", "state_dict"}``."""
-    return {"meta": dict(META), "state_dict": fixture_state_dict()}
+    return {"meta": dict(META), "state_dict": fixture_state_dict(name)}
 
 
-def mmseg_danet_keys(layer3_blocks: int = 6, num_classes: int = 19) -> list:
-    """``[key, shape]`` of an mmseg DANet with ``layer3_blocks`` blocks in layer3 (23: R-101)."""
+def mmseg_keys(name: str = DANET, layer3_blocks: int = 6, num_classes: int = 19) -> list:
+    """``[key, shape]`` of fixture ``name``'s segmentor with ``layer3_blocks`` blocks in
+    layer3 (23: R-101) and ``num_classes`` classes."""
     keys = []
-    block5 = [(k, s) for k, s in fixture_config()["keys"] if k.startswith("backbone.layer3.5.")]
-    for key, shape in fixture_config()["keys"]:
+    entry = fixture_config(name)
+    block5 = [(k, s) for k, s in entry["keys"] if k.startswith("backbone.layer3.5.")]
+    for key, shape in entry["keys"]:
         if key.startswith(CLASSIFIERS) and shape:
             shape = [num_classes, *shape[1:]]
         keys.append([key, shape])
@@ -70,16 +76,13 @@ def mmseg_danet_keys(layer3_blocks: int = 6, num_classes: int = 19) -> list:
     return keys
 
 
-def mmseg_danet_state_dict(layer3_blocks: int = 6, num_classes: int = 19) -> dict[str, Tensor]:
-    """Random weights for :func:`mmseg_danet_keys` (distinct values, for checking where they land).
+def mmseg_state_dict(
+    name: str = DANET, layer3_blocks: int = 6, num_classes: int = 19
+) -> dict[str, Tensor]:
+    """Random weights for :func:`mmseg_keys` (distinct values, for checking where they land).
 
     Drawn with torch (seed 0), faster than the fill rule for the 43M weights of R-101.
     """
     generator = torch.Generator().manual_seed(0)
     return {key: torch.randn(shape, generator=generator)
-            for key, shape in mmseg_danet_keys(layer3_blocks, num_classes)}  # fmt: skip
-
-
-def save_fixture_checkpoint(path) -> None:
-    """Write the wrapped fixture checkpoint to ``path`` as ``torch.save`` does for mmseg."""
-    torch.save(fixture_checkpoint(), path)
+            for key, shape in mmseg_keys(name, layer3_blocks, num_classes)}  # fmt: skip

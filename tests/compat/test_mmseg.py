@@ -1,37 +1,28 @@
-"""mmseg's DANet table: each fixture key lands on a DANet key of its shape; checkpoint reading."""
+"""mmseg's DANet and CCNet tables: each fixture key lands on a key of its shape; reading files."""
 
 import pytest
 import torch
 
 from attnblocks.compat import (
+    MMSEG_CCNET,
+    MMSEG_DANET,
     convert_mmseg_danet_state_dict,
     mmseg_backbone_name,
     mmseg_num_classes,
     read_mmseg_checkpoint,
 )
-from attnblocks.models import DANet
-from tests.compat.mmseg_reference import META, fixture_checkpoint, fixture_state_dict
+from attnblocks.models import CCNet, DANet
+from tests.compat.mmseg_reference import (
+    CCNET,
+    DANET,
+    META,
+    fixture_checkpoint,
+    fixture_state_dict,
+)
 
-
-@pytest.fixture(scope="module")
-def danet_r50_keys():
-    with torch.device("meta"):  # shapes only: no memory, no init
-        return {key: value.shape for key, value in DANet("resnet50c").state_dict().items()}
-
-
-def test_every_key_but_the_auxiliary_head_maps_onto_danet(danet_r50_keys):
-    state = fixture_state_dict()
-    converted = convert_mmseg_danet_state_dict({"meta": META, "state_dict": state})
-    assert converted.keys() == danet_r50_keys.keys()
-    assert all(converted[key].shape == shape for key, shape in danet_r50_keys.items())
-    kept = [key for key in state if not key.startswith("auxiliary_head.")]
-    assert len(kept) == len(converted) and len(kept) < len(state)
-
-
-def test_stem_and_head_names():
-    state = fixture_state_dict()
-    converted = convert_mmseg_danet_state_dict(state)
-    pairs = {
+# Per fixture: the model, its table, some of its keys -> ours, and its 0-d gamma -> ours.
+CASES = {
+    DANET: (DANet, MMSEG_DANET, {
         "backbone.stem.0.weight": "backbone.conv1.0.weight",
         "backbone.stem.4.running_mean": "backbone.conv1.4.running_mean",
         "backbone.stem.6.weight": "backbone.conv1.6.weight",
@@ -41,11 +32,48 @@ def test_stem_and_head_names():
         "decode_head.cam_out_conv.bn.running_var": "head.attention.cam_out.norm.running_var",
         "decode_head.pam_conv_seg.weight": "head.pam_classifier.conv.weight",
         "decode_head.conv_seg.bias": "head.fused_classifier.conv.bias",
-    }
+    }, ("decode_head.cam.gamma.scale", "head.attention.cam.gamma")),
+    CCNET: (CCNet, MMSEG_CCNET, {
+        "backbone.stem.7.running_var": "backbone.bn1.running_var",
+        "decode_head.convs.0.conv.weight": "head.attention_in.conv.weight",
+        "decode_head.convs.0.bn.running_var": "head.attention_in.norm.running_var",
+        "decode_head.cca.query_conv.bias": "head.attention.query_conv.bias",
+        "decode_head.convs.1.bn.weight": "head.attention_out.norm.weight",
+        "decode_head.conv_cat.conv.weight": "head.fuse.conv.weight",
+        "decode_head.conv_seg.bias": "head.classifier.conv.bias",
+    }, ("decode_head.cca.gamma.scale", "head.attention.gamma")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fixture", sorted(CASES))
+def test_every_key_but_the_auxiliary_head_maps_onto_the_model(fixture):
+    model_class, key_map, _, _ = CASES[fixture]
+    with torch.device("meta"):  # shapes only: no memory, no init
+        expected = {
+            key: value.shape for key, value in model_class("resnet50c").state_dict().items()
+        }
+    state = fixture_state_dict(fixture)
+    converted = key_map.convert(state)
+    assert {key: value.shape for key, value in converted.items()} == expected
+    kept = [key for key in state if not key.startswith("auxiliary_head.")]
+    assert len(kept) == len(converted) and len(kept) < len(state)
+
+
+def test_the_danet_function_unwraps_a_checkpoint():
+    state = fixture_state_dict()
+    converted = convert_mmseg_danet_state_dict({"meta": META, "state_dict": state})
+    assert converted.keys() == MMSEG_DANET.convert(state).keys()
+
+
+@pytest.mark.parametrize("fixture", sorted(CASES))
+def test_stem_and_head_names(fixture):
+    _, key_map, pairs, (their_gamma, our_gamma) = CASES[fixture]
+    state = fixture_state_dict(fixture)
+    converted = key_map.convert(state)
     for theirs, ours in pairs.items():
         assert converted[ours] is state[theirs], theirs
-    assert converted["head.attention.cam.gamma"].shape == (1,)
-    assert converted["head.attention.cam.gamma"].item() == state["decode_head.cam.gamma.scale"]
+    assert converted[our_gamma].shape == (1,)
+    assert converted[our_gamma].item() == state[their_gamma]
 
 
 def test_depth_and_classes_come_from_the_weights():

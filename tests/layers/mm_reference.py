@@ -1,84 +1,28 @@
-"""OpenMMLab fixtures (mmcv 2.1.0 blocks): arrays, fill-rule weights, and mmcv -> our keys.
+"""OpenMMLab fixtures (mmcv 2.1.0 blocks): arrays, fill-rule weights in mmcv's layout, and
+float64-ready transcriptions of mmcv's forward on this package's key layout.
 
-The key mapping here is the test's own, for loading mmcv's weights into our blocks
-until ``attnblocks.compat.load_mmcv_state_dict`` carries the same table.
+mmcv's keys reach our blocks through ``attnblocks.compat.load_mmcv_state_dict`` only.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from functools import cache
-from pathlib import Path
+from functools import partial
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DATA_DIR = Path(__file__).parents[1] / "data" / "mm_reference"
+from tests import reference
+from tests.reference import MM_DATA_DIR
 
-# mmcv key -> ours: its ConvModule wrappers (``g.conv``, ``g.0.conv`` with sub_sample) drop
-# out, and its 0-d ``Scale`` becomes our ``gamma`` of shape [1]. ContextBlock keys are ours.
-MMCV_KEY_RULES: list[tuple[str, str]] = [
-    (r"^(g|phi)\.0\.conv\.", r"\1."),
-    (r"^(g|theta|phi|conv_out|concat_project)\.conv\.", r"\1."),
-    (r"^gamma\.scale$", "gamma"),
-]
-
-
-@cache
-def manifest() -> dict:
-    """Per fixture: mmcv's configuration, ``weights_seed`` and ordered ``keys``."""
-    return json.loads((DATA_DIR / "manifest.json").read_text())
-
-
-def load_arrays(name: str) -> dict[str, Tensor]:
-    """The arrays of fixture ``name`` as tensors."""
-    with np.load(DATA_DIR / f"{name}.npz") as arrays:
-        return {key: torch.from_numpy(arrays[key].copy()) for key in arrays.files}
-
-
-def _fill(leaf: str, z: np.ndarray, shape: list[int]) -> np.ndarray:
-    if leaf in ("gamma", "scale"):
-        return 0.5 + 0.1 * z
-    if leaf == "weight" and len(shape) == 4:
-        return z * np.sqrt(2.0 / (shape[1] * shape[2] * shape[3]))
-    if leaf == "weight":
-        return 1.0 + 0.1 * z
-    return 1.0 + 0.1 * np.abs(z) if leaf == "running_var" else 0.1 * z
+manifest = partial(reference.manifest, MM_DATA_DIR)  # per fixture: configuration, seed, keys
+load_arrays = partial(reference.load_arrays, data_dir=MM_DATA_DIR)
 
 
 def mmcv_state_dict(name: str) -> dict[str, Tensor]:
-    """Fixture ``name``'s weights in mmcv's layout, by the README's fill rule."""
-    entry = manifest()[name]
-    rng = np.random.default_rng(entry["weights_seed"])
-    state = {}
-    for key, shape in entry["keys"]:
-        leaf = key.rsplit(".", 1)[-1]
-        if leaf == "num_batches_tracked":
-            state[key] = torch.tensor(0)
-            continue
-        value = _fill(leaf, rng.standard_normal(shape), shape)
-        state[key] = torch.from_numpy(np.asarray(value, dtype=np.float32))
-    return state
-
-
-def to_ours(mmcv_state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """mmcv's keys renamed (and ``gamma`` reshaped) by :data:`MMCV_KEY_RULES`."""
-    ours = {}
-    for key, value in mmcv_state.items():
-        for pattern, replacement in MMCV_KEY_RULES:
-            key = re.sub(pattern, replacement, key)
-        ours[key] = value.reshape(1) if key == "gamma" else value
-    return ours
-
-
-def ours_to_mmcv_name(name: str, mmcv_keys: list[str]) -> str:
-    """The mmcv key whose renaming gives our parameter ``name`` (to find ``grad.<key>``)."""
-    matches = [key for key in mmcv_keys if next(iter(to_ours({key: torch.zeros(1)}))) == name]
-    assert len(matches) == 1, (name, matches)
-    return matches[0]
+    """Fixture ``name``'s weights in mmcv's layout (``gamma.scale``, ``g.conv.weight``...),
+    by the README's fill rule."""
+    return reference.fill_rule_state_dict(name, MM_DATA_DIR)
 
 
 def run_fixture(module: torch.nn.Module, arrays: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -132,11 +76,16 @@ def reference_pairwise(x: Tensor, state: dict[str, Tensor], mode: str, sub_sampl
 
 def reference_non_local(x: Tensor, state: dict[str, Tensor], mode: str, sub_sample: bool,
                         use_scale: bool = True) -> Tensor:  # fmt: skip
-    """mmcv's NonLocal2d forward through :func:`reference_pairwise`."""
+    """mmcv's NonLocal2d forward through :func:`reference_pairwise`; with ``conv_out.norm.*``
+    in ``state``, a BatchNorm2d in eval mode after ``conv_out``."""
     pairwise = reference_pairwise(x, state, mode, sub_sample, use_scale)
     state = {key: value.to(x.dtype) for key, value in state.items()}
     g = _conv(state, "g", x)
     g = (F.max_pool2d(g, 2) if sub_sample else g).flatten(2).transpose(1, 2)  # (B, N_k, C')
     b, _, h, w = x.shape
     y = (pairwise @ g).transpose(1, 2).reshape(b, -1, h, w)
-    return x + _conv(state, "conv_out", y)
+    if "conv_out.norm.running_mean" not in state:
+        return x + _conv(state, "conv_out", y)
+    norm = [state[f"conv_out.norm.{leaf}"] for leaf in ("running_mean", "running_var", "weight",
+                                                         "bias")]  # fmt: skip
+    return x + F.batch_norm(_conv(state, "conv_out.conv", y), *norm)  # BatchNorm2d, eval mode

@@ -1,20 +1,14 @@
 """CrissCrossAttention, NonLocal2d and ContextBlock reproduce mmcv 2.1.0's outputs and gradients.
 
-mmcv's weights load through the test's key table (tests/layers/mm_reference.py).
+mmcv's weights load through ``attnblocks.compat.load_mmcv_state_dict``.
 """
 
 import pytest
 import torch
 
 from attnblocks import ContextBlock, CrissCrossAttention, NonLocal2d
-from tests.layers.mm_reference import (
-    load_arrays,
-    manifest,
-    mmcv_state_dict,
-    ours_to_mmcv_name,
-    run_fixture,
-    to_ours,
-)
+from attnblocks.compat import load_mmcv_state_dict, mmcv_key_map
+from tests.layers.mm_reference import load_arrays, manifest, mmcv_state_dict, run_fixture
 from tests.reference import relative_error
 
 FIXTURES = sorted(name for name in manifest() if not name.startswith("mmseg"))
@@ -39,8 +33,14 @@ def build(name: str, backend: str | None = None) -> torch.nn.Module:
             config["in_channels"], ratio=config["ratio"], pooling=config["pooling_type"],
             fusion=config["fusion_types"],
         )  # fmt: skip
-    module.load_state_dict(to_ours(mmcv_state_dict(name)))  # strict
+    load_mmcv_state_dict(module, mmcv_state_dict(name))  # strict
     return module
+
+
+def mmcv_names(module: torch.nn.Module, mmcv_keys: list[str]) -> dict[str, str]:
+    """Our key -> mmcv's, each mmcv key renamed alone by the module's table."""
+    table = mmcv_key_map(module)
+    return {next(iter(table.convert({key: torch.zeros(())}))): key for key in mmcv_keys}
 
 
 def cases():
@@ -48,14 +48,6 @@ def cases():
         softmax = name.startswith(("nonlocal_embedded", "nonlocal_gaussian"))
         for backend in ("bmm", "chunked", "sdpa") if softmax else (None,):
             yield pytest.param(name, backend, id=name if backend is None else f"{name}-{backend}")
-
-
-def test_state_dict_keys_map_one_to_one():
-    for name in FIXTURES:
-        renamed = to_ours({key: torch.zeros(shape) for key, shape in manifest()[name]["keys"]})
-        expected = {key: tuple(value.shape) for key, value in renamed.items()}
-        ours = {key: tuple(value.shape) for key, value in build(name).state_dict().items()}
-        assert ours == expected, name
 
 
 @pytest.mark.parametrize("name, backend", list(cases()))
@@ -70,10 +62,11 @@ def test_reproduces_mmcv(name, backend):
         assert name.startswith("nonlocal_concatenation")
         return
     assert relative_error(x.grad, arrays["grad_input"]) < 1e-4
-    mmcv_keys = [key for key, _ in manifest()[name]["keys"]]
+    mmcv_name = mmcv_names(module, [key for key, _ in manifest()[name]["keys"]])
     grads = {n: p.grad for n, p in module.named_parameters()}
+    assert grads.keys() == mmcv_name.keys()
     for param, grad in grads.items():
-        reference = arrays["grad." + ours_to_mmcv_name(param, mmcv_keys)]
+        reference = arrays["grad." + mmcv_name[param]]
         if param in TRUE_ZERO and not name.startswith("nonlocal_dot"):
             scale = grads[TRUE_ZERO[param]].norm()
             assert grad.norm() < 1e-5 * scale and reference.norm() < 1e-5 * scale, param

@@ -5,34 +5,18 @@ import torch
 
 from attnblocks.models import DANet, DANetOutput, base
 from attnblocks.pretrained import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
-from tests.compat.mmseg_reference import (
-    fixture_arrays,
-    fixture_checkpoint,
-    fixture_state_dict,
-    mmseg_danet_state_dict,
+from tests.compat.mmseg_reference import DANET, fixture_checkpoint, fixture_state_dict
+from tests.models.mmseg_checks import (
+    assert_loads_depth_and_classes,
+    assert_reproduces_fixture,
+    assert_strict_error,
 )
-from tests.reference import relative_error
 
 
-def run_with_head_outputs(model, images):
-    """The model's output and its head's (pre-upsampling) DANetOutput, caught by a hook."""
-    seen = []
-    handle = model.head.register_forward_hook(lambda module, args, out: seen.append(out))
-    with torch.no_grad():
-        out = model(images)
-    handle.remove()
-    return out, seen[0]
-
-
-def assert_reproduces_fixture(model):
-    arrays = fixture_arrays()
-    out, head = run_with_head_outputs(model, arrays["input"])
-    assert isinstance(out, DANetOutput)
-    pairs = [(out.out, "seg_logits"), (head.out, "head.pam_cam"), (head.pam, "head.pam"),
-             (head.cam, "head.cam")]  # fmt: skip
-    for ours, key in pairs:
-        assert ours.shape == arrays[key].shape, key
-        assert relative_error(ours, arrays[key]) < 1e-4, key
+def head_outputs(head: DANetOutput) -> list:
+    """DANet's three head logit maps and their names in the fixture."""
+    assert isinstance(head, DANetOutput)
+    return [(head.out, "head.pam_cam"), (head.pam, "head.pam"), (head.cam, "head.cam")]
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +31,11 @@ def test_reproduces_mmseg_from_a_file(loaded_from_file):
     assert not model.training  # ready for inference, like from_pretrained
     assert model.backbone_name == "resnet50c" and model.output_stride == 8
     assert not model.align_corners  # mmseg's resize of the logits
-    assert_reproduces_fixture(model)
+    assert_reproduces_fixture(model, DANET, head_outputs)
 
 
 def test_reproduces_mmseg_from_a_dict():
-    assert_reproduces_fixture(DANet.from_mmseg(fixture_checkpoint()))
+    assert_reproduces_fixture(DANet.from_mmseg(fixture_checkpoint()), DANET, head_outputs)
 
 
 def test_pretrained_config_carries_cityscapes_classes_and_palette(loaded_from_file):
@@ -95,10 +79,7 @@ def test_a_release_name_downloads_and_sets_window_and_alignment(monkeypatch):
          "stray-module", "wrong-shape"],
 )  # fmt: skip
 def test_strict_loading_names_what_does_not_fit(change, message):
-    state = fixture_state_dict()
-    change(state)
-    with pytest.raises(ValueError, match=message):
-        DANet.from_mmseg({"meta": {}, "state_dict": state})
+    assert_strict_error(DANet, DANET, change, message)
 
 
 def test_all_problems_are_listed_in_one_error():
@@ -113,19 +94,8 @@ def test_all_problems_are_listed_in_one_error():
     "layer3_blocks, backbone, num_classes", [(6, "resnet50c", 7), (23, "resnet101c", 150)]
 )
 def test_both_depths_and_any_class_count_load(layer3_blocks, backbone, num_classes):
-    state = mmseg_danet_state_dict(layer3_blocks, num_classes)
-    model = DANet.from_mmseg(state)
-    assert model.backbone_name == backbone and model.num_classes == num_classes
-    loaded = model.state_dict()
-    last = f"layer3.{layer3_blocks - 1}.conv2.weight"
-    assert torch.equal(loaded[f"backbone.{last}"], state[f"backbone.{last}"])
-    assert torch.equal(loaded["backbone.bn1.running_var"], state["backbone.stem.7.running_var"])
-    assert torch.equal(loaded["head.fused_classifier.conv.weight"],
-                       state["decode_head.conv_seg.weight"])  # fmt: skip
-    expected_dataset = "ade20k" if num_classes == 150 else None
-    assert model.pretrained_config.dataset == expected_dataset
-    with torch.no_grad():
-        assert model(torch.randn(1, 3, 17, 23)).out.shape == (1, num_classes, 17, 23)
+    assert_loads_depth_and_classes(DANet, DANET, layer3_blocks, backbone, num_classes,
+                                   classifier="head.fused_classifier.conv.weight")  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,9 @@
-"""A small DANet through torch.compile, torch.export and ONNX gives the eager result."""
+"""Small DANets (and a CCNet) through torch.compile, torch.export and ONNX give the eager result."""
 
 import pytest
 import torch
 
-from attnblocks.models import DANet
+from attnblocks.models import CCNet, DANet
 
 BACKENDS = ["bmm", "chunked", "sdpa"]
 
@@ -50,3 +50,14 @@ def test_onnx_export_runs_in_onnxruntime(backend, tmp_path):
     session = onnxruntime.InferenceSession(str(tmp_path / "danet.onnx"))
     outputs = session.run(None, {session.get_inputs()[0].name: images.numpy()})
     assert_same_outputs(outputs, expected)
+
+
+def test_ccnet_torch_export():
+    torch.manual_seed(0)
+    model = CCNet("resnet18", num_classes=5).eval()
+    model.head.attention.gamma.data.fill_(0.5)  # make the attention count in the output
+    images = torch.randn(1, 3, 48, 40, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(images)
+        ours = torch.export.export(model, (images,)).module()(images)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)

@@ -1,4 +1,4 @@
-"""The table of mmseg's released DANet checkpoints and the hash-checked download helper."""
+"""The table of mmseg's released DANet and CCNet checkpoints and the hash-checked download."""
 
 import hashlib
 from collections import Counter
@@ -18,14 +18,19 @@ from attnblocks.pretrained import (
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_sixteen_danet_releases():
-    entries = list(MMSEG_CHECKPOINTS.values())
+@pytest.mark.parametrize("model", ["danet", "ccnet"])
+def test_sixteen_releases_of_each_model(model):
+    entries = [e for e in MMSEG_CHECKPOINTS.values() if e.model == model]
     assert len(entries) == 16
     assert Counter(e.dataset for e in entries) == {"cityscapes": 8, "ade20k": 4, "voc": 4}
     assert Counter(e.backbone for e in entries) == {"resnet50c": 8, "resnet101c": 8}
+    assert Counter(e.align_corners for e in entries) == {False: 12, True: 4}  # 769x769 ones
     for entry in entries:
-        assert entry.url.startswith(MMSEG_DOWNLOAD_ROOT + "danet/" + entry.run + "/")
+        assert entry.config.startswith(f"{model}_r") and entry.run.startswith(f"{model}_r")
+        assert entry.url.startswith(f"{MMSEG_DOWNLOAD_ROOT}{model}/{entry.run}/")
         assert entry.miou_ms_flip is None or entry.miou_ms_flip > entry.miou
+        assert entry.align_corners == ("769x769" in entry.config) == (entry.test_crop is not None)
+    assert len(MMSEG_CHECKPOINTS) == 32
 
 
 def test_torch_hub_finds_the_hash_prefix_in_every_file_name():
@@ -37,7 +42,7 @@ def test_torch_hub_finds_the_hash_prefix_in_every_file_name():
 
 def test_readme_lists_every_checkpoint():
     rows = [line for line in README.read_text().splitlines() if MMSEG_DOWNLOAD_ROOT in line]
-    assert len(rows) == 16
+    assert len(rows) == len(MMSEG_CHECKPOINTS)
     for entry in MMSEG_CHECKPOINTS.values():
         row = next(line for line in rows if entry.url in line)
         ms = "-" if entry.miou_ms_flip is None else f"{entry.miou_ms_flip:.2f}"
