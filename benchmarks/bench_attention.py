@@ -60,7 +60,7 @@ from harness import (
 )
 
 from attnblocks import CAM, PAM
-from attnblocks.functional import last_attention_backend
+from attnblocks.functional import _precision, last_attention_backend
 
 PAM_BACKENDS = ("bmm", "chunked", "sdpa", "auto")
 CAM_BACKENDS = ("bmm", "auto")
@@ -83,6 +83,9 @@ class Case:
     channels: int
     batch: int
     device: str
+    value_path: str = (
+        "measured"  # low-precision value path: "measured" (the rule), "low", "float32"
+    )
 
 
 @dataclasses.dataclass
@@ -169,6 +172,9 @@ def measure_case(case: Case, repeats: int, long_case_seconds: float) -> dict:
     """Run one case in this process and measure it; a :class:`Result` as a dict."""
     result = Result(**dataclasses.asdict(case), gflop=model_gflop(case))
     device = torch.device(case.device)
+    if case.value_path != "measured":  # preset what the rule would measure (this process only)
+        for dtype in _precision.LOW_PRECISION_DTYPES:
+            _precision._LOW_PRECISION_IS_FASTER[(device.type, dtype)] = case.value_path == "low"
     try:
         # A small copy of the case first: code pages and library workspaces loaded on first
         # use would otherwise count as the case's memory.
@@ -215,7 +221,8 @@ def make_cases(args: argparse.Namespace) -> list[Case]:
                             height, width = map_shape(positions)
                             cases.append(
                                 Case(block, backend, chunk_size, dtype, mode, positions, height,
-                                     width, args.channels, args.batch, args.device)
+                                     width, args.channels, args.batch, args.device,
+                                     args.value_path)
                             )  # fmt: skip
     return cases
 
@@ -247,6 +254,8 @@ def markdown_table(results: list[Result], ceilings: dict[str, float], header: st
     for r in results:
         ref = bmm.get((r.block, r.dtype, r.mode, r.positions))
         backend = r.backend if r.backend != "auto" else f"auto -> {r.ran_backend}"
+        if r.value_path != "measured" and r.dtype != "float32":
+            backend += f" [{r.value_path} value path]"
         chunk = "-" if r.chunk_size is None else str(r.chunk_size)
         if r.status != "ok":
             cells = ["-"] * 6 + [f"{r.status}: {r.detail}".replace("|", "/")]
@@ -332,6 +341,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES),
         help="float32, or autocast to float16/bfloat16")  # fmt: skip
     add("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
+    add("--value-path", default="measured", choices=["measured", "low", "float32"],
+        help="value path of chunked/sdpa under autocast: the package's rule (measured), or "
+             "forced to the low-precision dtype or to float32")  # fmt: skip
     add("--channels", type=int, default=512)
     add("--batch", type=int, default=1)
     add("--repeats", type=int, default=3)
