@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from attnblocks.functional import _precision
 from tests.benchmarks import scripts
 from tests.reference import relative_error
 
@@ -15,7 +16,7 @@ SCRIPT = scripts.BENCHMARKS / "bench_attention.py"
 CASE_FIELDS = {
     "block", "backend", "chunk_size", "dtype", "mode", "positions", "height", "width",
     "channels", "batch", "device", "status", "detail", "ran_backend", "seconds", "repeats",
-    "peak_bytes", "memory_method", "gflop", "gflops",
+    "peak_bytes", "memory_method", "gflop", "gflops", "value_path",
 }  # fmt: skip
 
 
@@ -46,6 +47,7 @@ def test_writes_json_table_and_prints_it(run):
     assert len(cases) == (5 + 2) * 2 * 2
     for case in cases:
         assert set(case) == CASE_FIELDS
+        assert case["value_path"] == "measured"
         assert case["status"] == "ok", case
         assert case["seconds"] > 0 and case["peak_bytes"] >= 0 and case["gflops"] > 0
         assert case["memory_method"].startswith("VmHWM")
@@ -78,3 +80,20 @@ def test_flop_count_of_pam_forward():
     assert script.model_gflop(dataclasses.replace(case, mode="train")) == pytest.approx(
         3 * expected / 1e9
     )
+
+
+@pytest.mark.parametrize("value_path", ["low", "float32"])
+def test_forced_value_path_reaches_the_rule_and_the_table(monkeypatch, value_path):
+    script = load_script()
+    # A fresh cache, so that forcing here does not leak into other tests.
+    monkeypatch.setattr(_precision, "_LOW_PRECISION_IS_FASTER", {})
+    case = script.Case("pam", "chunked", None, "bfloat16", "forward", 64, 8, 8, 16, 1, "cpu",
+                       value_path)  # fmt: skip
+    result = script.Result(**script.measure_case(case, repeats=1, long_case_seconds=1.0))
+    assert result.status == "ok"
+    probe = torch.zeros(2, device="cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = torch.bfloat16 if value_path == "low" else torch.float32
+        assert _precision.value_path_dtype(probe, torch.float32) == expected
+    table = script.markdown_table([result], {}, "header")
+    assert f"| chunked [{value_path} value path] |" in table
