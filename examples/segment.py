@@ -1,15 +1,19 @@
-"""Label one image with a pretrained DANet: a colour label map and an overlay with a legend.
+"""Label one image with a pretrained DANet or CCNet: colour label map, overlay with a legend.
 
 The checkpoint is an mmsegmentation release (``--mmseg``: a ``.pth`` file, or a config
 name of ``attnblocks.pretrained.MMSEG_CHECKPOINTS``, downloaded once with its hash
 checked), a ``save_pretrained`` folder, or a ``checkpoint.pt`` of examples/train.py.
 The model's pretrained config supplies the normalisation, test resize, sliding window,
-class names and colours.
+class names and colours. ``--model`` says which network the weights are for; without it,
+a recognised mmseg release (by config or file name) says so, and anything else is DANet.
 
     python examples/segment.py street.png --mmseg \\
         --checkpoint danet_r50-d8_512x1024_80k_cityscapes_20200607_133029-2bfa2293.pth
     python examples/segment.py street.png --mmseg \\
         --checkpoint danet_r50-d8_4xb2-80k_cityscapes-512x1024   # downloads it once
+    python examples/segment.py street.png --mmseg \
+        --checkpoint ccnet_r50-d8_4xb2-80k_cityscapes-512x1024   # CCNet, from its name
+    python examples/segment.py photo.jpg --model ccnet --checkpoint my-ccnet/
     python examples/segment.py photo.jpg --checkpoint my-danet/        # a save_pretrained folder
     python examples/segment.py scene.png --checkpoint runs/danet/checkpoint.pt
 
@@ -30,8 +34,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.*` when run as a script
 
-from attnblocks.models import DANet
-from attnblocks.pretrained import PretrainedConfig, bit_palette
+from attnblocks.models import CCNet, DANet
+from attnblocks.models.base import SegmentationModel
+from attnblocks.pretrained import PretrainedConfig, bit_palette, find_mmseg_checkpoint
+
+MODELS: dict[str, type[SegmentationModel]] = {"danet": DANet, "ccnet": CCNet}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="mmseg .pth file or config name (with --mmseg), save_pretrained folder, or "
              "checkpoint.pt of examples/train.py")  # fmt: skip
     add("--mmseg", action="store_true", help="the checkpoint is an mmsegmentation release")
+    add(
+        "--model",
+        choices=sorted(MODELS),
+        help="the network of the weights (default: a recognised mmseg release's, else danet)",
+    )
     add("--out", type=Path, default=Path("runs/segment"), help="folder for the two pictures")
     add("--alpha", type=float, default=0.5, help="opacity of the colours over the image")
     add("--crop-size", type=int, help="sliding-window size (default: the model's config)")
@@ -52,26 +64,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--scales", type=float, nargs="+", default=[1.0], help="scales to average")
     add("--flip", action="store_true", help="also average the mirrored image")
     add("--no-resize", action="store_true", help="skip the model's test resize")
-    add("--attention-backend", default="auto", help="PAM backend: auto, bmm, chunked, sdpa")
+    add("--attention-backend", default="auto",
+        help="DANet's PAM backend: auto, bmm, chunked, sdpa")  # fmt: skip
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
 
 
-def load_model(args: argparse.Namespace) -> DANet:
-    """The DANet of ``--checkpoint``, with its pretrained config, in eval mode."""
-    options = {"attention_backend": args.attention_backend}
+def model_class(args: argparse.Namespace) -> type[SegmentationModel]:
+    """``--model``'s class; without it, a recognised mmseg release's, else DANet."""
+    if args.model is not None:
+        return MODELS[args.model]
+    release = find_mmseg_checkpoint(args.checkpoint) if args.mmseg else None
+    return MODELS[release.model] if release is not None else DANet
+
+
+def load_model(args: argparse.Namespace) -> SegmentationModel:
+    """The model of ``--checkpoint``, with its pretrained config, in eval mode."""
+    model_type = model_class(args)
+    options = {}
+    if model_type is DANet:
+        options["attention_backend"] = args.attention_backend
+    elif args.attention_backend != "auto":
+        raise SystemExit("--attention-backend chooses DANet's PAM backend; CCNet has no PAM")
     if args.mmseg:
-        return DANet.from_mmseg(args.checkpoint, **options)
+        return model_type.from_mmseg(args.checkpoint, **options)
     path = Path(args.checkpoint)
     if path.is_dir():
-        return DANet.from_pretrained(path, **options)
+        return model_type.from_pretrained(path, **options)
     if not path.is_file():
         raise SystemExit(f"no checkpoint at {path} (add --mmseg for an mmseg config name)")
     # examples/train.py's checkpoint: our own file, pickled with its training arguments
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     classes = tuple(checkpoint["classes"])
     config = PretrainedConfig(class_names=classes, palette=bit_palette(len(classes)))
-    model = DANet(**{**checkpoint["model_config"], **options}, pretrained_config=config)
+    model = model_type(**{**checkpoint["model_config"], **options}, pretrained_config=config)
     model.load_state_dict(checkpoint["model"])
     return model.eval()
 

@@ -5,10 +5,15 @@ import pytest
 import torch
 from PIL import Image
 
-from attnblocks.models import DANet
-from attnblocks.pretrained import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, PretrainedConfig
+from attnblocks.models import CCNet, DANet
+from attnblocks.pretrained import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    PretrainedConfig,
+    bit_palette,
+)
 from examples import segment
-from tests.compat.mmseg_reference import fixture_checkpoint
+from tests.compat.mmseg_reference import CCNET, fixture_checkpoint
 
 IMAGE = np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)
 
@@ -66,6 +71,35 @@ def test_train_checkpoint_brings_its_class_names(tmp_path, image_file):
     result = segment.main([str(image_file), "--checkpoint", str(tmp_path / "checkpoint.pt"),
                            "--out", str(tmp_path)])  # fmt: skip
     assert set(result["classes"]) <= {"x", "y", "z"} and result["classes"]
+
+
+@pytest.mark.parametrize(
+    ("file_name", "flags"),
+    [
+        # a release's file name says CCNet by itself
+        ("ccnet_r50-d8_512x1024_40k_cityscapes_20200616_142517-4123f401.pth", []),
+        ("my_weights.pth", ["--model", "ccnet"]),  # any other name: told
+    ],
+)
+def test_mmseg_ccnet_checkpoint(tmp_path, image_file, file_name, flags):
+    checkpoint = tmp_path / file_name
+    torch.save(fixture_checkpoint(CCNET), checkpoint)
+    result = segment.main([str(image_file), "--checkpoint", str(checkpoint), "--mmseg",
+                           "--no-resize", "--out", str(tmp_path), *flags])  # fmt: skip
+    expected = CCNet.from_mmseg(checkpoint).predict_image(IMAGE, resize=False)
+    assert torch.equal(result["labels_map"], expected)
+
+
+def test_ccnet_saved_folder_and_the_danet_only_option(tmp_path, image_file):
+    torch.manual_seed(0)
+    config = PretrainedConfig(class_names=("a", "b", "c"), palette=bit_palette(3))
+    model = CCNet("resnet18", num_classes=3, pretrained_config=config).eval()
+    model.save_pretrained(tmp_path / "model")
+    args = [str(image_file), "--checkpoint", str(tmp_path / "model"), "--model", "ccnet",
+            "--whole", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert torch.equal(segment.main(args)["labels_map"], model.predict_image(IMAGE))
+    with pytest.raises(SystemExit, match="CCNet has no PAM"):
+        segment.main([*args, "--attention-backend", "chunked"])
 
 
 def test_missing_checkpoint(tmp_path, image_file):
