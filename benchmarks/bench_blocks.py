@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness, 
 
 from harness import (
     configure_malloc,
+    default_out_dir,
     device_name,
     device_tag,
     free_memory_bytes,
@@ -277,7 +278,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--memory-cap-gib", type=float, default=3.0,
         help="memory a case may allocate beyond its start; more is reported as oom")  # fmt: skip
     add("--quick", action="store_true", help="small maps and channels, in well under a minute")
-    add("--out", type=Path, default=Path(__file__).parent / "results")
+    add("--out", type=Path, default=default_out_dir(),
+        help="default runs/benchmarks; the committed tables: benchmarks/results")  # fmt: skip
     add("--stem", help="output file name stem (default: from device and torch version)")
     return parser.parse_args(argv)
 
