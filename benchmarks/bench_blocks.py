@@ -20,9 +20,10 @@ mark of a forked child per case, which may allocate at most ``--memory-cap-gib``
 beyond its start (a case needing more is reported ``oom``, with the N x N matrices'
 size). ``train`` is forward + backward of ``(out * grad).sum()``.
 
-Example (the committed tables)::
+Example (the committed tables; ``mmcv-env`` is a virtual environment with this package's
+requirements, ``mmcv-lite==2.1.0`` and mmengine, and ``PYTHONPATH=.`` finds attnblocks)::
 
-    /work/venv-mmcv/bin/python benchmarks/bench_blocks.py
+    PYTHONPATH=. mmcv-env/bin/python benchmarks/bench_blocks.py --out benchmarks/results
     python benchmarks/bench_blocks.py --quick   # without mmcv, small maps
 """
 
@@ -200,7 +201,9 @@ def nxn_size(case: Case) -> str:
     if case.block == "non_local_concatenation":  # mmcv concatenates (B, 2C', N, N) features
         features = matrix * case.channels  # 2 * (C / 2) channels
         return f"its (B, 2C', N, N) concatenated features are {features / 2**30:.1f} GiB"
-    return f"one N x N matrix is {matrix / 2**30:.1f} GiB"
+    if case.batch == 1:
+        return f"one N x N matrix is {matrix / 2**30:.1f} GiB"
+    return f"the batch's {case.batch} N x N matrices are {matrix / 2**30:.1f} GiB"
 
 
 def measure_isolated(case: Case, args: argparse.Namespace) -> Result:

@@ -35,6 +35,14 @@ def test_cases_skip_what_has_no_n_by_n_form():
     }  # fmt: skip
 
 
+def test_oom_detail_sizes_the_batch_of_matrices():
+    script = load_script()
+    one = script.Case("non_local_embedded_gaussian", "nxn", "train", 128, 256, 512, 1)
+    assert script.nxn_size(one) == "one N x N matrix is 4.0 GiB"  # 32768^2 float32
+    two = script.Case("non_local_embedded_gaussian", "nxn", "train", 128, 256, 512, 2)
+    assert script.nxn_size(two) == "the batch's 2 N x N matrices are 8.0 GiB"
+
+
 def test_table_compares_with_ours():
     script = load_script()
 
