@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from attnblocks.models import DANet
+from attnblocks.models import CCNet, DANet
+from attnblocks.models.base import SegmentationModel
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,17 @@ LATEST = "checkpoint.pt"
 _NUMBERED_PATTERN = "checkpoint-*.pt"
 # what a checkpoint of examples/train.py holds at least, for evaluate.py and --resume alike
 _REQUIRED_KEYS = ("model", "model_config", "classes", "iteration")
+# train.py's --model names; a checkpoint without "model_name" predates CCNet: a DANet
+MODELS: dict[str, type[SegmentationModel]] = {"danet": DANet, "ccnet": CCNet}
+
+
+def attention_gammas(model: SegmentationModel) -> dict[str, nn.Parameter]:
+    """The learnable ``gamma`` of each attention block of a DANet or CCNet, by short name."""
+    if isinstance(model, DANet):
+        return {"pam": model.head.attention.pam.gamma, "cam": model.head.attention.cam.gamma}
+    if isinstance(model, CCNet):
+        return {"cca": model.head.attention.gamma}
+    raise TypeError(f"expected a DANet or CCNet, got {type(model).__name__}")
 
 
 class CheckpointError(ValueError):
@@ -137,8 +150,8 @@ def latest_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]]:
     return candidates[-1], read_checkpoint(candidates[-1])
 
 
-def load_model(path: Path, device: torch.device) -> tuple[DANet, dict[str, Any]]:
-    """The trained DANet of a checkpoint (eval mode, on ``device``) and the checkpoint.
+def load_model(path: Path, device: torch.device) -> tuple[SegmentationModel, dict[str, Any]]:
+    """The trained model of a checkpoint (eval mode, on ``device``) and the checkpoint.
 
     Args:
         path: a checkpoint of examples/train.py.
@@ -149,6 +162,11 @@ def load_model(path: Path, device: torch.device) -> tuple[DANet, dict[str, Any]]
         CheckpointError: the file cannot be read (the message names it).
     """
     checkpoint = read_checkpoint(path)
-    model = DANet(**checkpoint["model_config"])
+    name = checkpoint.get("model_name", "danet")
+    if name not in MODELS:
+        raise CheckpointError(
+            f"{path} holds a model named {name!r}; expected one of {sorted(MODELS)}"
+        )
+    model = MODELS[name](**checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), checkpoint

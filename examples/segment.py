@@ -5,7 +5,8 @@ name of ``attnblocks.pretrained.MMSEG_CHECKPOINTS``, downloaded once with its ha
 checked), a ``save_pretrained`` folder, or a ``checkpoint.pt`` of examples/train.py.
 The model's pretrained config supplies the normalisation, test resize, sliding window,
 class names and colours. ``--model`` says which network the weights are for; without it,
-a recognised mmseg release (by config or file name) says so, and anything else is DANet.
+a recognised mmseg release (by config or file name) or a train.py checkpoint says so,
+and anything else is DANet.
 
     python examples/segment.py street.png --mmseg \\
         --checkpoint danet_r50-d8_512x1024_80k_cityscapes_20200607_133029-2bfa2293.pth
@@ -34,11 +35,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.*` when run as a script
 
-from attnblocks.models import CCNet, DANet
+from attnblocks.models import DANet
 from attnblocks.models.base import SegmentationModel
 from attnblocks.pretrained import PretrainedConfig, bit_palette, find_mmseg_checkpoint
-
-MODELS: dict[str, type[SegmentationModel]] = {"danet": DANet, "ccnet": CCNet}
+from examples.checkpoints import MODELS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,17 +70,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def model_class(args: argparse.Namespace) -> type[SegmentationModel]:
-    """``--model``'s class; without it, a recognised mmseg release's, else DANet."""
+def model_class(args: argparse.Namespace, trained: str | None = None) -> type[SegmentationModel]:
+    """``--model``'s class; without it, a recognised mmseg release's, else ``trained`` (the
+    ``model_name`` of an examples/train.py checkpoint), else DANet."""
     if args.model is not None:
         return MODELS[args.model]
     release = find_mmseg_checkpoint(args.checkpoint) if args.mmseg else None
-    return MODELS[release.model] if release is not None else DANet
+    name = release.model if release is not None else trained or "danet"
+    return MODELS[name]
 
 
 def load_model(args: argparse.Namespace) -> SegmentationModel:
     """The model of ``--checkpoint``, with its pretrained config, in eval mode."""
-    model_type = model_class(args)
+    path, checkpoint = Path(args.checkpoint), None
+    if not args.mmseg and not path.is_dir():
+        if not path.is_file():
+            raise SystemExit(f"no checkpoint at {path} (add --mmseg for an mmseg config name)")
+        # examples/train.py's checkpoint: our own file, pickled with its training arguments
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    model_type = model_class(args, checkpoint and checkpoint.get("model_name"))
     options = {}
     if model_type is DANet:
         options["attention_backend"] = args.attention_backend
@@ -88,13 +96,8 @@ def load_model(args: argparse.Namespace) -> SegmentationModel:
         raise SystemExit("--attention-backend chooses DANet's PAM backend; CCNet has no PAM")
     if args.mmseg:
         return model_type.from_mmseg(args.checkpoint, **options)
-    path = Path(args.checkpoint)
-    if path.is_dir():
+    if checkpoint is None:
         return model_type.from_pretrained(path, **options)
-    if not path.is_file():
-        raise SystemExit(f"no checkpoint at {path} (add --mmseg for an mmseg config name)")
-    # examples/train.py's checkpoint: our own file, pickled with its training arguments
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     classes = tuple(checkpoint["classes"])
     config = PretrainedConfig(class_names=classes, palette=bit_palette(len(classes)))
     model = model_type(**{**checkpoint["model_config"], **options}, pretrained_config=config)

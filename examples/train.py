@@ -1,4 +1,4 @@
-"""Train DANet with the paper's recipe, then evaluate it.
+"""Train DANet (or CCNet) with the paper's recipe, then evaluate it.
 
 Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
 https://arxiv.org/abs/1809.02983
@@ -6,7 +6,9 @@ https://arxiv.org/abs/1809.02983
 Recipe: SGD (momentum 0.9, weight decay 1e-4), poly learning rate ``(1 - iter/max)^0.9``
 with the head at ``--head-lr-mult`` times the base rate, random scale, random crop
 (padded with the ignore label), horizontal flip, ImageNet normalisation, and
-cross-entropy on the fused output and on both attention branches.
+cross-entropy on the fused output and on both attention branches. ``--model ccnet``
+trains CCNet (Huang et al., ICCV 2019) the same way, with cross-entropy on its one
+output (mmseg's auxiliary FCN head is not part of attnblocks' CCNet).
 
 One process (the demo; about 5 minutes on 2 CPU cores)::
 
@@ -53,12 +55,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.*` whe
 
 from attnblocks.functional import POSITION_BACKENDS
 from attnblocks.inference import predict_scores
-from attnblocks.losses import DANetLoss
+from attnblocks.losses import DANetLoss, SegmentationCrossEntropy
 from attnblocks.metrics import SegmentationMetrics
 from attnblocks.models import DANet
+from attnblocks.models.base import SegmentationModel
 from examples.checkpoints import (
     LATEST,
+    MODELS,
     CheckpointError,
+    attention_gammas,
     latest_checkpoint,
     numbered_checkpoints,
     save_checkpoint,
@@ -156,6 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="synthetic: generated scenes, no files (the demo); the others read --data-root",
     )
     add("--data-root", type=Path, help="dataset folder (standard layout, see examples/datasets.py)")
+    add("--model", default="danet", choices=sorted(MODELS), help="the network to train")
     add(
         "--backbone",
         help="any timm model name (default: resnet18 for synthetic, resnet101 "
@@ -199,16 +205,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--aux-weights",
         type=float,
         nargs=2,
-        default=(1.0, 1.0),
         metavar=("PAM", "CAM"),
-        help="loss weights of the two attention branches",
+        help="DANet: loss weights of the two attention branches (default: 1 1, the authors')",
     )
     add(
         "--no-attention",
         action="store_true",
-        help="baseline: both gammas fixed at 0, so the attention never contributes",
+        help="baseline: the attention gammas fixed at 0, so the attention never contributes",
     )
-    add("--attention-backend", default="auto", choices=POSITION_BACKENDS, help="PAM backend")
+    add(
+        "--attention-backend",
+        default="auto",
+        choices=POSITION_BACKENDS,
+        help="DANet: PAM's backend",
+    )
+    add("--recurrence", type=int, help="CCNet: criss-cross passes (default: 2, the paper's)")
     add("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
     add("--channels-last", action="store_true", help="channels-last memory format")
     add(
@@ -241,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="K",
         help="keep the last K checkpoints (a damaged newest one falls back to the one before)",
     )
-    add("--out", type=Path, default=Path("runs/danet"), help="output folder")
+    add("--out", type=Path, help="output folder (default: runs/<model>, e.g. runs/danet)")
     add(
         "--resume",
         action="store_true",
@@ -276,6 +287,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.workers is None:
         args.workers = default_workers()
+    if args.out is None:
+        args.out = Path("runs") / args.model
+    danet_only = {"--aux-weights": args.aux_weights is not None,
+                  "--attention-backend": args.attention_backend != "auto"}  # fmt: skip
+    wrong = [flag for flag, given in danet_only.items() if given and args.model != "danet"]
+    wrong += ["--recurrence"] if args.recurrence is not None and args.model != "ccnet" else []
+    if wrong:
+        parser.error(f"{', '.join(wrong)} do(es) not apply to --model {args.model}")
+    if args.model == "danet" and args.aux_weights is None:
+        args.aux_weights = (1.0, 1.0)
+    if args.model == "ccnet" and args.recurrence is None:
+        args.recurrence = 2
     if args.dataset != "synthetic" and args.data_root is None:
         parser.error(f"--dataset {args.dataset} needs --data-root")
     return args
@@ -361,24 +384,29 @@ def build_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, tuple[st
     return SeededAugmentation(train, augment, args.seed), val, tuple(train.classes)
 
 
-def build_model(args: argparse.Namespace, num_classes: int) -> DANet:
-    model = DANet(
+def build_model(args: argparse.Namespace, num_classes: int) -> SegmentationModel:
+    model = MODELS[args.model](
         **model_config(args, num_classes),
         pretrained_backbone=args.pretrained_backbone,
         backbone_weights=args.backbone_weights,
     )
     if args.no_attention:
-        for block in (model.head.attention.pam, model.head.attention.cam):
-            block.gamma.requires_grad_(False)  # stays at its initial 0: attention adds nothing
+        for gamma in attention_gammas(model).values():
+            gamma.requires_grad_(False)  # stays at its initial 0: attention adds nothing
     return model
 
 
 def model_config(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
-    """What evaluate.py needs to rebuild the model of a checkpoint."""
+    """What evaluate.py needs to rebuild the model of a checkpoint (with ``args.model``)."""
     stage = {} if args.backbone_stage is None else {"out_indices": (args.backbone_stage,)}
-    return dict(backbone=args.backbone, num_classes=num_classes, output_stride=args.output_stride,
-                multi_grid=args.multi_grid, attention_backend=args.attention_backend,
-                backbone_kwargs=stage)  # fmt: skip
+    config = dict(backbone=args.backbone, num_classes=num_classes,
+                  output_stride=args.output_stride, multi_grid=args.multi_grid,
+                  backbone_kwargs=stage)  # fmt: skip
+    if args.model == "danet":
+        config["attention_backend"] = args.attention_backend
+    else:
+        config["recurrence"] = args.recurrence
+    return config
 
 
 def poly_lr(iteration: int, total: int) -> float:
@@ -519,7 +547,11 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, device: torch.d
         if world_size > 1
         else model
     )
-    criterion = DANetLoss(aux_weights=args.aux_weights)
+    criterion = (
+        DANetLoss(aux_weights=args.aux_weights)
+        if args.model == "danet"
+        else SegmentationCrossEntropy()
+    )
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
 
@@ -543,6 +575,11 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, device: torch.d
     if args.resume:
         # Loaded on the CPU: RNG states must stay there; the rest follows the parameters.
         checkpoint_path, checkpoint = latest_checkpoint(args.out)
+        if checkpoint.get("model_name", "danet") != args.model:
+            raise RunError(
+                f"{checkpoint_path} holds a {checkpoint.get('model_name', 'danet')} run; "
+                f"resume it with --model {checkpoint.get('model_name', 'danet')}, not {args.model}"
+            )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])  # its schedule wins over a new --lr
@@ -564,14 +601,15 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, device: torch.d
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "rng": all_rng_states(device, world_size), "iteration": iteration,
             "seconds": seconds_before + time.perf_counter() - started,
-            "model_config": model_config(args, num_classes), "classes": classes,
+            "model_name": args.model, "model_config": model_config(args, num_classes),
+            "classes": classes,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         }  # fmt: skip
         return save_checkpoint(args.out, state, args.keep_checkpoints) if rank == 0 else None
 
-    log.info("training %s on %s for %d iterations (%d per epoch) on %s x %d, batch %d/process",
-             args.backbone, args.dataset, total, batches_per_epoch, device, world_size,
-             args.batch_size)  # fmt: skip
+    log.info("training %s-%s on %s for %d iterations (%d per epoch) on %s x %d, batch "
+             "%d/process", args.model, args.backbone, args.dataset, total, batches_per_epoch,
+             device, world_size, args.batch_size)  # fmt: skip
     started = time.perf_counter()
     net.train()
     with _progress_bar(total, iteration, rank) as progress:
@@ -593,8 +631,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, device: torch.d
                 lr = optimizer.param_groups[0]["lr"]  # this step's; scheduler.step() sets the next
                 scheduler.step()
                 iteration += 1
-                gammas = (model.head.attention.pam.gamma.item(),
-                          model.head.attention.cam.gamma.item())  # fmt: skip
+                gammas = {name: gamma.item() for name, gamma in attention_gammas(model).items()}
                 _report(progress, iteration, loss.item(), lr, gammas, args.log_every)
                 stop_signal = _agreed_signal(signals, device, world_size)
                 if stop_signal:
@@ -626,10 +663,10 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, device: torch.d
     result = None
     if rank == 0:
         result = {**summarise(metrics, classes), "iters": total, "seconds": seconds,
-                  "dataset": args.dataset, "backbone": args.backbone,
+                  "dataset": args.dataset, "model": args.model, "backbone": args.backbone,
                   "attention": not args.no_attention, "world_size": world_size,
-                  "gammas": {"pam": model.head.attention.pam.gamma.item(),
-                             "cam": model.head.attention.cam.gamma.item()}}  # fmt: skip
+                  "gammas": {name: gamma.item()
+                             for name, gamma in attention_gammas(model).items()}}  # fmt: skip
         (args.out / "metrics.json").write_text(json.dumps(result, indent=1))
         log.info("mIoU %.4f, pixel accuracy %.4f", result["miou"], result["pixel_acc"])
         for name, iou in result["per_class_iou"].items():
@@ -666,10 +703,10 @@ def _progress_bar(total: int, start: int, rank: int) -> Iterator[Any]:
         yield progress
 
 
-def _report(progress, iteration: int, loss: float, lr: float, gammas: tuple[float, float],
+def _report(progress, iteration: int, loss: float, lr: float, gammas: dict[str, float],
             log_every: int) -> None:  # fmt: skip
-    status = dict(loss=f"{loss:.3f}", lr=f"{lr:.2e}", pam_gamma=f"{gammas[0]:.3f}",
-                  cam_gamma=f"{gammas[1]:.3f}")  # fmt: skip
+    status = {"loss": f"{loss:.3f}", "lr": f"{lr:.2e}"}
+    status.update({f"{name}_gamma": f"{gamma:.3f}" for name, gamma in gammas.items()})
     if progress is not None:
         progress.set_postfix(status, refresh=False)
         progress.update(1)
@@ -677,7 +714,7 @@ def _report(progress, iteration: int, loss: float, lr: float, gammas: tuple[floa
         log.info("iter %d %s", iteration, " ".join(f"{k} {v}" for k, v in status.items()))
 
 
-def _draw_pictures(model: DANet, val_set: Dataset, classes: tuple[str, ...], out: Path,
+def _draw_pictures(model: SegmentationModel, val_set: Dataset, classes: tuple[str, ...], out: Path,
                    device: torch.device) -> None:  # fmt: skip
     try:
         from examples.visualize_attention import (
@@ -693,6 +730,9 @@ def _draw_pictures(model: DANet, val_set: Dataset, classes: tuple[str, ...], out
     images = [image.to(device) for image, _ in samples]
     labels = [label for _, label in samples]
     draw_predictions(model, images, labels, classes, out / "predictions.png")
+    if not isinstance(model, DANet):
+        log.info("wrote %s (attention.png is drawn for DANet's PAM only)", out / "predictions.png")
+        return
     # Query points on the context classes first (vehicles in the synthetic scenes), then others.
     context = [classes.index(name) for name in CONTEXT_CLASSES if name in classes]
     order = context + [c for c in range(len(classes)) if c not in context]

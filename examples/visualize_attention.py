@@ -31,6 +31,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.*` when run as a script
 
 from attnblocks.models import DANet
+from attnblocks.models.base import SegmentationModel
 from examples.checkpoints import CheckpointError, load_model
 from examples.cli import HelpFormatter
 from examples.transforms import denormalize, normalize
@@ -189,7 +190,7 @@ def draw_attention(
 
 @torch.no_grad()
 def draw_predictions(
-    model: DANet,
+    model: SegmentationModel,
     images: Sequence[Tensor],
     labels: Sequence[Tensor],
     classes: Sequence[str],
@@ -198,7 +199,7 @@ def draw_predictions(
     """Save images, ground truth and predictions side by side (one row per image).
 
     Args:
-        model: a DANet.
+        model: a DANet or CCNet.
         images: normalised ``(3, H, W)`` images, each of its own size (or a
             ``(B, 3, H, W)`` batch).
         labels: their ``(H, W)`` ground truth (255 = ignored, drawn black).
@@ -206,7 +207,7 @@ def draw_predictions(
         path: PNG to write.
     """
     model.eval()
-    predictions = [model(image[None]).out.argmax(dim=1)[0].cpu() for image in images]
+    predictions = [model.predict(image[None])[0].cpu() for image in images]
     colours = palette(len(classes))
     fig, axes = plt.subplots(len(images), 3, figsize=(7.5, 2.4 * len(images)), squeeze=False)
     for row, (image, label, prediction) in enumerate(zip(images, labels, predictions)):
@@ -258,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
         model, _ = load_model(args.checkpoint, torch.device(args.device))
     except (CheckpointError, FileNotFoundError) as error:
         parser.error(str(error))
+    if not isinstance(model, DANet):
+        parser.error(f"{args.checkpoint} holds a {type(model).__name__}; this script draws "
+                     "DANet's position and channel attention")  # fmt: skip
     if args.image is not None:
         from PIL import Image
 

@@ -1,9 +1,9 @@
-"""DANetLoss against cross-entropy computed by hand."""
+"""DANetLoss and SegmentationCrossEntropy against cross-entropy computed by hand."""
 
 import pytest
 import torch
 
-from attnblocks.losses import DANetLoss
+from attnblocks.losses import DANetLoss, SegmentationCrossEntropy
 from attnblocks.models import DANetOutput
 
 
@@ -60,3 +60,21 @@ def test_mean_over_scored_pixels_matches_cross_entropy_bit_for_bit():
     target[1, :2] = 255
     loss = DANetLoss(aux_weights=(0.0, 0.0))(DANetOutput(logits, logits, logits), target)
     assert torch.equal(loss, torch.nn.functional.cross_entropy(logits, target, ignore_index=255))
+
+
+def test_segmentation_cross_entropy_is_the_mean_over_scored_pixels():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 5, 6, generator=gen)
+    target = torch.randint(0, 4, (2, 5, 6), generator=gen)
+    target[0, 1:3] = 7  # a custom ignore label
+    loss = SegmentationCrossEntropy(ignore_index=7)(logits, target)
+    assert loss.item() == pytest.approx(manual_cross_entropy(logits, target, 7).item(), rel=1e-6)
+
+
+def test_segmentation_cross_entropy_of_nothing_scored_is_zero_with_zero_gradients():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = SegmentationCrossEntropy()(logits, torch.full((1, 4, 4), 255))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    with pytest.raises(ValueError, match=r"target must be \(B, H, W\) = \(1, 4, 4\)"):
+        SegmentationCrossEntropy()(logits, torch.zeros(1, 4, dtype=torch.long))
