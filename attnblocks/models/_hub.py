@@ -2,9 +2,8 @@
 
 The mixin gives ``save_pretrained(dir)`` (config.json of the constructor's arguments,
 safetensors weights, a model card), ``from_pretrained(dir or hub id)`` and
-``push_to_hub``. It is an optional extra (``pip install "attnblocks[hub]"``): without
-it, models build, train and load other checkpoints as usual, and only these methods
-raise an ImportError.
+``push_to_hub``. It comes with the optional ``hub`` extra: without it, models build,
+train and load other checkpoints as usual, and only these methods raise an ImportError.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import Any
 
 _MISSING = (
     "saving and loading models the Hub way needs huggingface_hub and safetensors: "
-    'pip install "attnblocks[hub]"'
+    "pip install huggingface_hub safetensors (the attnblocks[hub] extra)"
 )
 
 try:
