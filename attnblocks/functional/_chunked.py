@@ -66,9 +66,11 @@ class _BlockBuffer:
     rebound, doubling the peak. The buffer takes the dtype of ``like``.
     """
 
-    def __init__(self, like: Tensor, key_positions: int, chunk_size: int) -> None:
+    def __init__(
+        self, like: Tensor, query_positions: int, key_positions: int, chunk_size: int
+    ) -> None:
         self.batch, self.key_positions = like.shape[0], key_positions
-        rows = min(chunk_size, like.shape[1])
+        rows = min(chunk_size, query_positions)
         self.storage = like.new_empty(self.batch * rows * key_positions)
 
     def block(self, rows: slice) -> Tensor:
@@ -92,8 +94,8 @@ def _forward(query: Tensor, key: Tensor, value: Tensor, chunk_size: int) -> tupl
     out = value.new_empty(batch, query_positions, value.shape[-1])
     log_sum_exp = query.new_empty(batch, query_positions)
     key_t = key.transpose(1, 2)  # (B, D, N_k)
-    scores = _BlockBuffer(query, key.shape[1], chunk_size)
-    rounded = _BlockBuffer(value, key.shape[1], chunk_size) if mixed else None
+    scores = _BlockBuffer(query, query.shape[1], key.shape[1], chunk_size)
+    rounded = _BlockBuffer(value, query.shape[1], key.shape[1], chunk_size) if mixed else None
     # no_grad: eager autograd already runs forward without grad, tracers (torch.export) may not.
     with torch.no_grad(), autocast_disabled(query.device):
         for rows in _chunks(query_positions, chunk_size):
@@ -138,9 +140,9 @@ def _backward(
     grad_value = query.new_zeros(value.shape) if need_value else None
     value_part = value.new_empty(value.shape) if need_value and mixed else None
     key_t, value_t = key.transpose(1, 2), value.transpose(1, 2)
-    probs_buffer = _BlockBuffer(query, key.shape[1], chunk_size)
-    grad_scores_buffer = _BlockBuffer(query, key.shape[1], chunk_size)
-    rounded = _BlockBuffer(value, key.shape[1], chunk_size) if mixed else None
+    probs_buffer = _BlockBuffer(query, query.shape[1], key.shape[1], chunk_size)
+    grad_scores_buffer = _BlockBuffer(query, query.shape[1], key.shape[1], chunk_size)
+    rounded = _BlockBuffer(value, query.shape[1], key.shape[1], chunk_size) if mixed else None
     with torch.no_grad(), autocast_disabled(query.device):
         for rows in _chunks(query.shape[1], chunk_size):
             probs = torch.bmm(query[:, rows], key_t, out=probs_buffer.block(rows))  # scores...
@@ -244,7 +246,7 @@ if hasattr(torch.library, "custom_op"):  # torch >= 2.4
     @_chunked_backward_operator.register_fake
     def _(grad_out, query, key, value, out, log_sum_exp, chunk_size, needs):
         return tuple(
-            torch.empty_like(like) if need else like.new_empty(0)
+            like.new_empty(like.shape) if need else like.new_empty(0)
             for need, like in zip(needs, (query, key, value))
         )
 

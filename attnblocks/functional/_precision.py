@@ -16,6 +16,7 @@ so both overflow float16 (max 65504) long before the softmax sees them. The rule
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor
 LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 # Whether a low-precision matmul beats float32, measured once per (device, dtype).
 _LOW_PRECISION_IS_FASTER: dict[tuple[str, torch.dtype], bool] = {}
+_MEASURING = threading.Lock()
 
 
 def attention_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -63,8 +65,8 @@ def low_precision_dtype(tensor: Tensor) -> torch.dtype | None:
     """
     device_type = tensor.device.type
     try:
-        if torch.is_autocast_enabled(device_type):
-            return torch.get_autocast_dtype(device_type)
+        if torch.is_autocast_enabled(device_type) and tensor.dtype != torch.float64:
+            return torch.get_autocast_dtype(device_type)  # autocast leaves float64 alone
     except (RuntimeError, TypeError):  # torch < 2.4 or a device type autocast does not know
         pass
     return tensor.dtype if tensor.dtype in LOW_PRECISION_DTYPES else None
@@ -77,10 +79,11 @@ def _matmul_seconds(device: torch.device, dtype: torch.dtype) -> tuple[float, fl
     the slow dtype stops after about 20 ms (float16 on a CPU without float16 units
     takes ~100x float32's time).
     """
+    generator = torch.Generator(device=device).manual_seed(0)  # leave the global RNG alone
     operands = {
         each: (
-            torch.randn(128, 512, device=device).to(each),
-            torch.randn(512, 128, device=device).to(each),
+            torch.randn(128, 512, device=device, generator=generator).to(each),
+            torch.randn(512, 128, device=device, generator=generator).to(each),
         )
         for each in (torch.float32, dtype)
     }
@@ -102,13 +105,23 @@ def _matmul_seconds(device: torch.device, dtype: torch.dtype) -> tuple[float, fl
     return best[torch.float32], best[dtype]
 
 
+def _fake_tensors_active() -> bool:
+    """Whether a FakeTensorMode is active (shape propagation, export): matmuls take no time."""
+    try:
+        from torch._guards import detect_fake_mode
+    except ImportError:  # a torch without it has no fake tensors to worry about
+        return False
+    return detect_fake_mode() is not None
+
+
 def low_precision_is_faster(device: torch.device | str, dtype: torch.dtype) -> bool:
     """Whether ``device`` multiplies ``dtype`` matrices faster than float32 ones.
 
     Measured once per device type and dtype (a few small matmuls, at most ~50 ms) and
     remembered for the process; "faster" here means at most 1.25x float32's time.
-    While ``torch.compile`` traces, where nothing can be timed, a dtype not yet
-    measured counts as faster (what matrix units give).
+    While ``torch.compile`` traces or fake tensors stand in for real ones, where
+    nothing can be timed, a dtype not yet measured counts as faster (what matrix units
+    give) and nothing is remembered. Threads that ask at once wait for one measurement.
 
     Args:
         device: the device the attention runs on.
@@ -118,20 +131,23 @@ def low_precision_is_faster(device: torch.device | str, dtype: torch.dtype) -> b
     cache_key = (device.type, dtype)
     faster = _LOW_PRECISION_IS_FASTER.get(cache_key)
     if faster is None:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or _fake_tensors_active():
             return True
-        threads = torch.get_num_threads()
-        if device.type == "cpu":
-            # One thread: a thread pool waiting on a core that another process holds times
-            # the scheduler, not the matmul; the dtypes' speed ratio is the same per core.
-            torch.set_num_threads(1)
-        try:
-            with torch.no_grad(), autocast_disabled(device):
-                full, low = _matmul_seconds(device, dtype)
-        finally:
-            torch.set_num_threads(threads)
-        # Only a clearly slower low-precision matmul gives up the autocast dtype's path.
-        faster = _LOW_PRECISION_IS_FASTER[cache_key] = low < 1.25 * full
+        with _MEASURING:  # one measurement: set_num_threads below is process-wide
+            faster = _LOW_PRECISION_IS_FASTER.get(cache_key)
+            if faster is not None:
+                return faster
+            threads = torch.get_num_threads()
+            if device.type == "cpu":
+                # One thread: a thread pool waiting on a core that another process holds times
+                # the scheduler, not the matmul; the dtypes' speed ratio is the same per core.
+                torch.set_num_threads(1)
+            try:
+                with torch.no_grad(), autocast_disabled(device):
+                    full, low = _matmul_seconds(device, dtype)
+            finally:
+                torch.set_num_threads(threads)
+            faster = _LOW_PRECISION_IS_FASTER[cache_key] = low < 1.25 * full
     return faster
 
 

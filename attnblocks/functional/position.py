@@ -54,6 +54,11 @@ def _check_query_key(query: Tensor, key: Tensor) -> None:
             "query and key must share batch size and feature size, got query "
             f"{tuple(query.shape)} and key {tuple(key.shape)}"
         )
+    if key.shape[1] == 0:
+        raise ValueError(
+            f"key must have at least one position (a softmax over none is undefined), got key "
+            f"{tuple(key.shape)}"
+        )
 
 
 def _check_scale(scale: float | None) -> float | None:

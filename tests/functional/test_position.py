@@ -149,3 +149,11 @@ def test_bad_shapes_raise_value_errors():
         position_attention(query, key, value[:, :5])
     with pytest.raises(ValueError, match="floating-point"):
         position_attention(query.long(), key, value)
+
+
+@pytest.mark.parametrize("backend", POSITION_BACKENDS)
+def test_no_key_positions_is_a_value_error_for_every_backend(backend):
+    # bmm would return zeros and chunked fail inside amax: a softmax over no keys is undefined.
+    query, key, value = random_qkv()
+    with pytest.raises(ValueError, match="key must have at least one position"):
+        position_attention(query, key[:, :0], value[:, :0], backend=backend)

@@ -217,3 +217,85 @@ def test_auto_prefers_chunked_at_every_size_where_low_precision_is_slow(low_prec
     low_precision_is(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert position.select_position_backend(query, key, value=value) == "bmm"
+
+
+@pytest.mark.parametrize("chunk_size", [None, 40])  # both above the 16 keys
+def test_mixed_chunked_with_more_queries_than_keys(low_precision_is, chunk_size):
+    # Its rounded-probability buffer has a row per query (a non-local block sub-samples keys).
+    low_precision_is(True)
+    gen = torch.Generator().manual_seed(2)
+    tensors = [torch.randn(2, n, d, generator=gen).requires_grad_()
+               for n, d in ((64, 8), (16, 8), (16, 12))]  # fmt: skip
+    results = {}
+    for backend in ("bmm", "chunked"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = position_attention(*tensors, backend=backend, chunk_size=chunk_size)
+        results[backend] = (out, *torch.autograd.grad(out.float().square().sum(), tensors))
+    for ours, reference in zip(results["chunked"], results["bmm"]):
+        assert relative_error(ours, reference) < 3e-3
+
+
+def test_autocast_leaves_float64_exact(low_precision_is):
+    low_precision_is(False)  # bmm would win for float64 but chunked for bfloat16 on this rule
+    gen = torch.Generator().manual_seed(4)
+    query, key = (torch.randn(1, 30, 8, generator=gen) for _ in range(2))
+    value = torch.randn(1, 30, 16, generator=gen, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _precision.low_precision_dtype(value) is None  # autocast never casts float64
+        assert position.select_position_backend(query.double(), key.double(), value=value) == "bmm"
+        low_precision_is(True)
+        for backend in ("chunked", "sdpa"):
+            out = position_attention(query, key, value, backend=backend, chunk_size=7)
+            assert relative_error(out, float64_attention(query, key, value)) < 1e-5, backend
+
+
+def test_the_measurement_leaves_the_global_random_stream_alone(monkeypatch):
+    monkeypatch.setattr(_precision, "_LOW_PRECISION_IS_FASTER", {})
+    torch.manual_seed(0)
+    low_precision_is_faster("cpu", torch.bfloat16)  # measured here, with its own generator
+    after_measuring = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), after_measuring)
+
+
+def test_threads_asking_at_once_share_one_measurement_and_keep_their_thread_count(monkeypatch):
+    import threading
+    import time
+
+    calls = []
+
+    def slow_matmul_seconds(device, dtype):
+        calls.append(dtype)
+        time.sleep(0.05)  # long enough for the other thread to arrive meanwhile
+        return 1.0, 0.5
+
+    monkeypatch.setattr(_precision, "_LOW_PRECISION_IS_FASTER", {})
+    monkeypatch.setattr(_precision, "_matmul_seconds", slow_matmul_seconds)
+    threads = torch.get_num_threads()
+    barrier, verdicts = threading.Barrier(2), []
+
+    def ask():
+        barrier.wait()
+        verdicts.append(low_precision_is_faster("cpu", torch.bfloat16))
+
+    workers = [threading.Thread(target=ask) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert verdicts == [True, True] and calls == [torch.bfloat16]
+    counted = []
+    fresh = threading.Thread(target=lambda: counted.append(torch.get_num_threads()))
+    fresh.start()
+    fresh.join()
+    assert counted == [threads] and torch.get_num_threads() == threads
+
+
+def test_fake_tensors_neither_measure_nor_remember(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setattr(_precision, "_LOW_PRECISION_IS_FASTER", {})
+    monkeypatch.setattr(_precision, "_matmul_seconds", lambda *args: pytest.fail("timed fakes"))
+    with FakeTensorMode():
+        assert low_precision_is_faster("cpu", torch.float16) is True
+    assert _precision._LOW_PRECISION_IS_FASTER == {}

@@ -77,3 +77,23 @@ def test_torchscript_gives_the_eager_result(module_class, dtype):
     assert relative_error(scripted(x), module(x)) < tolerance
     with pytest.raises(torch.jit.Error, match=r"built for \(B, 16, H, W\) inputs"):
         scripted(torch.randn(2, 8, 5, 7).to(dtype))
+
+
+@pytest.mark.skipif(
+    not hasattr(torch.library, "opcheck"), reason="torch.library.opcheck: torch>=2.4"
+)
+def test_chunked_custom_ops_report_what_they_return():
+    # Fake implementations must give the real outputs' shapes, dtypes and strides (inductor
+    # plans buffers from them); PAM hands the ops permuted, non-contiguous views.
+    gen = torch.Generator().manual_seed(0)
+    query, key = (torch.randn(2, 4, 24, generator=gen).transpose(1, 2) for _ in range(2))
+    value = torch.randn(2, 8, 24, generator=gen).transpose(1, 2)
+    forward = torch.ops.attnblocks.chunked_position_attention.default
+    torch.library.opcheck(forward, (query, key, value, 5))
+    out, log_sum_exp = forward(query, key, value, 5)
+    grad_out = torch.randn(2, 24, 8, generator=gen)
+    for needs in ([True, True, True], [False, True, False]):
+        torch.library.opcheck(
+            torch.ops.attnblocks.chunked_position_attention_backward.default,
+            (grad_out, query, key, value, out, log_sum_exp, 5, needs),
+        )
