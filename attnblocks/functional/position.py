@@ -116,17 +116,63 @@ def _free_memory(device: torch.device) -> int | None:
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return torch.cuda.mem_get_info(device)[0] + cached
     if device.type == "cpu":
-        try:  # Linux: free memory plus the page cache it can reclaim
-            with open("/proc/meminfo") as meminfo:
-                for line in meminfo:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            pass
+        free = _system_free_memory()
+        headroom = _cgroup_headroom()  # a container's limit, which /proc/meminfo does not show
+        known = [value for value in (free, headroom) if value is not None]
+        return min(known) if known else None
+    return None
+
+
+def _system_free_memory() -> int | None:
+    """The machine's free memory plus the page cache it can reclaim, or None if unknown."""
+    try:  # Linux
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system that reports it
+        return None
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+# (limit, usage, reclaimable-cache key of memory.stat) for cgroup v2 and v1
+_CGROUP_FILES = (
+    ("memory.max", "memory.current", "inactive_file"),
+    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "total_inactive_file"),
+)
+
+
+def _cgroup_headroom() -> int | None:
+    """Bytes this process's memory cgroup (a container's limit) can still take, or None.
+
+    The limit minus the usage, plus the inactive file cache that the kernel reclaims
+    before it kills; None without a limit (cgroup v1 writes "no limit" as ~2**63).
+    """
+    for limit_file, usage_file, cache_key in _CGROUP_FILES:
         try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, ValueError, OSError):  # not a POSIX system that reports it
-            return None
+            with open(os.path.join(CGROUP_ROOT, limit_file)) as file:
+                limit_text = file.read().strip()
+            if limit_text == "max" or int(limit_text) >= 2**60:
+                return None
+            with open(os.path.join(CGROUP_ROOT, usage_file)) as file:
+                usage = int(file.read())
+            stat_file = os.path.join(CGROUP_ROOT, os.path.dirname(limit_file), "memory.stat")
+            cache = 0
+            try:
+                with open(stat_file) as file:
+                    for line in file:
+                        name, value = line.split()
+                        if name == cache_key:
+                            cache = int(value)
+            except (OSError, ValueError):
+                pass
+            return max(int(limit_text) - usage + cache, 0)
+        except (OSError, ValueError):
+            continue
     return None
 
 

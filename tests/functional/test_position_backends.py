@@ -221,3 +221,34 @@ def test_auto_applies_its_matrix_limit_per_image_not_per_batch(monkeypatch):
     monkeypatch.setattr(position, "_AUTOMATIC_CHOICES", {})
     monkeypatch.setattr(position, "_free_memory", lambda device: 256 * 2**20)
     assert select_position_backend(query, query) == "chunked"
+
+
+def write_files(root, files):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("files", "headroom"),
+    [
+        # cgroup v2: 1 GiB limit, 700 MiB used of which 100 MiB reclaimable cache
+        ({"memory.max": "1073741824\n", "memory.current": str(700 * 2**20),
+          "memory.stat": f"anon 1\ninactive_file {100 * 2**20}\n"}, 424 * 2**20),
+        ({"memory.max": "max\n", "memory.current": "5"}, None),  # v2 without a limit
+        # cgroup v1, as Docker's --memory=2g writes it
+        ({"memory/memory.limit_in_bytes": str(2 * 2**30), "memory/memory.usage_in_bytes":
+          str(2**30), "memory/memory.stat": "cache 9\ntotal_inactive_file 0\n"}, 2**30),
+        ({"memory/memory.limit_in_bytes": "9223372036854771712",
+          "memory/memory.usage_in_bytes": "7"}, None),  # v1's "no limit"
+        ({}, None),  # no cgroup files at all
+    ],
+    ids=["v2", "v2-unlimited", "v1", "v1-unlimited", "none"],
+)  # fmt: skip
+def test_a_containers_memory_limit_caps_free_memory(tmp_path, monkeypatch, files, headroom):
+    write_files(tmp_path, files)
+    monkeypatch.setattr(position, "CGROUP_ROOT", str(tmp_path))
+    assert position._cgroup_headroom() == headroom
+    monkeypatch.setattr(position, "_system_free_memory", lambda: 2**40)  # a big host
+    expected = 2**40 if headroom is None else headroom
+    assert position._free_memory(torch.device("cpu")) == expected
