@@ -10,7 +10,7 @@ cross-entropy on the fused output and on both attention branches. ``--model ccne
 trains CCNet (Huang et al., ICCV 2019) the same way, with cross-entropy on its one
 output (mmseg's auxiliary FCN head is not part of attnblocks' CCNet).
 
-One process (the demo; about 5 minutes on 2 CPU cores)::
+One process (the demo; 5 to 6 minutes on 2 CPU cores)::
 
     python examples/train.py
 
