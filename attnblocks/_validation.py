@@ -18,6 +18,41 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def check_reduced_channels(channels: object, reduction: object) -> int:
+    """Return ``channels // reduction``, the query/key width of an attention block.
+
+    Raises a ValueError unless both are positive ints and the quotient is at least 1.
+
+    Args:
+        channels: the block's input channels.
+        reduction: by how much queries and keys are narrower.
+    """
+    check_positive_int("channels", channels)
+    check_positive_int("reduction", reduction)
+    if channels // reduction < 1:
+        raise ValueError(
+            f"channels // reduction must be at least 1, got {channels} // {reduction} = 0"
+        )
+    return channels // reduction
+
+
+def default_inter_channels(in_channels: object, inter_channels: object | None) -> int:
+    """Return a head's ``inter_channels``, ``in_channels // 4`` when None, checked positive.
+
+    Args:
+        in_channels: the channels of the backbone features.
+        inter_channels: what the caller passed (None: the default).
+    """
+    check_positive_int("in_channels", in_channels)
+    if inter_channels is None:
+        inter_channels = in_channels // 4
+        if inter_channels < 1:
+            raise ValueError(
+                f"in_channels // 4 is 0 for in_channels={in_channels}; pass inter_channels"
+            )
+    return check_positive_int("inter_channels", inter_channels)
+
+
 def check_choice(what: str, value: str, valid: tuple[str, ...]) -> str:
     """Return ``value`` if it is one of ``valid``, else raise a ValueError naming the choices.
 

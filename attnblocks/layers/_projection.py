@@ -1,4 +1,5 @@
-"""1x1 projections computed in a chosen dtype: the precision rule's query/key side."""
+"""The query/key/value 1x1 convolutions of the attention blocks, and computing them in a
+chosen dtype (the precision rule's query/key side)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional._precision import autocast_disabled
+
+
+def query_key_value_convs(
+    channels: int, key_channels: int, **factory: object
+) -> tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]:
+    """The 1x1 query and key convolutions to ``key_channels`` and the value one to ``channels``.
+
+    Args:
+        channels: the block's input (and value) channels.
+        key_channels: the query/key width.
+        **factory: ``device`` and ``dtype`` of the parameters.
+    """
+    return (
+        nn.Conv2d(channels, key_channels, kernel_size=1, **factory),
+        nn.Conv2d(channels, key_channels, kernel_size=1, **factory),
+        nn.Conv2d(channels, channels, kernel_size=1, **factory),
+    )
 
 
 def project_in(conv: nn.Conv2d, x: Tensor, dtype: torch.dtype) -> Tensor:

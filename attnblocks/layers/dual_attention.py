@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_feature_map, check_positive_int
+from .._validation import check_feature_map, default_inter_channels
 from ..functional._backends import PositionBackend
 from ..functional.channel import ChannelMode
 from .cam import CAM
@@ -74,14 +74,8 @@ class DualAttention(nn.Module):
     ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        self.in_channels = check_positive_int("in_channels", in_channels)
-        if inter_channels is None:
-            inter_channels = in_channels // 4
-            if inter_channels < 1:
-                raise ValueError(
-                    f"in_channels // 4 is 0 for in_channels={in_channels}; pass inter_channels"
-                )
-        self.inter_channels = check_positive_int("inter_channels", inter_channels)
+        self.inter_channels = inter_channels = default_inter_channels(in_channels, inter_channels)
+        self.in_channels = in_channels
         layers = {"norm_layer": norm_layer, "act_layer": act_layer, **dd}
         self.pam_in = ConvNormAct(in_channels, inter_channels, 3, **layers)
         self.cam_in = ConvNormAct(in_channels, inter_channels, 3, **layers)

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .._validation import check_choice, check_feature_map, check_positive_int
+from .._validation import check_choice, check_feature_map, check_reduced_channels
 from ..functional import POSITION_BACKENDS, position_attention, position_attention_weights
+from ..functional._backends import check_backend, check_chunk_size
 from ..functional._precision import attention_dtype, autocast_disabled
 from ._points import check_points
 from ._projection import project_in
@@ -164,21 +165,13 @@ class NonLocal2d(nn.Module):
     ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        check_positive_int("channels", channels)
-        check_positive_int("reduction", reduction)
-        if channels // reduction < 1:
-            raise ValueError(
-                f"channels // reduction must be at least 1, got {channels} // {reduction} = 0"
-            )
+        self.inter_channels = inter = check_reduced_channels(channels, reduction)
         self.channels = channels
-        self.inter_channels = inter = channels // reduction
         self.mode = check_choice("non-local mode", mode, NON_LOCAL_MODES)
         self.sub_sample = bool(sub_sample)
         self.use_scale = bool(use_scale)
-        self.backend = check_choice("attention backend", backend, POSITION_BACKENDS)
-        self.chunk_size = (
-            None if chunk_size is None else check_positive_int("chunk_size", chunk_size)
-        )
+        self.backend = check_backend(backend, POSITION_BACKENDS)
+        self.chunk_size = check_chunk_size(chunk_size)
         self.g = nn.Conv2d(channels, inter, kernel_size=1, **dd)
         if mode != "gaussian":
             self.theta = nn.Conv2d(channels, inter, kernel_size=1, **dd)

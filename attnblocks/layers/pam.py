@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .._validation import check_feature_map, check_positive_int
+from .._validation import check_feature_map, check_reduced_channels
 from ..functional._backends import (
     POSITION_BACKENDS,
     PositionBackend,
@@ -23,7 +23,7 @@ from ..functional._backends import (
 from ..functional._precision import attention_dtype
 from ..functional.position import position_attention, position_attention_weights
 from ._points import check_points
-from ._projection import project_in
+from ._projection import project_in, query_key_value_convs
 
 
 def _scripted_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -75,19 +75,13 @@ class PAM(nn.Module):
     ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        check_positive_int("channels", channels)
-        check_positive_int("reduction", reduction)
-        if channels // reduction < 1:
-            raise ValueError(
-                f"channels // reduction must be at least 1, got {channels} // {reduction} = 0"
-            )
+        self.key_channels = check_reduced_channels(channels, reduction)
         self.channels = channels
-        self.key_channels = channels // reduction
         self.backend = check_backend(backend, POSITION_BACKENDS)
         self.chunk_size = check_chunk_size(chunk_size)
-        self.query_conv = nn.Conv2d(channels, self.key_channels, kernel_size=1, **dd)
-        self.key_conv = nn.Conv2d(channels, self.key_channels, kernel_size=1, **dd)
-        self.value_conv = nn.Conv2d(channels, channels, kernel_size=1, **dd)
+        self.query_conv, self.key_conv, self.value_conv = query_key_value_convs(
+            channels, self.key_channels, **dd
+        )
         self.gamma = nn.Parameter(torch.full((1,), float(gamma_init), **dd))
 
     def _query_key(self, x: Tensor) -> tuple[Tensor, Tensor]:

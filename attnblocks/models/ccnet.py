@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_feature_map, check_positive_int
+from .._validation import check_feature_map, default_inter_channels
 from ..compat import MMSEG_CCNET
 from ..layers import ConvNormAct, CrissCrossAttention
 from ..layers.conv_norm_act import LayerFactory
@@ -69,13 +69,8 @@ class CCNetHead(nn.Module):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         layers = {"norm_layer": norm_layer, "act_layer": act_layer, **dd}
-        self.in_channels = check_positive_int("in_channels", in_channels)
-        if inter_channels is None and in_channels < 4:
-            raise ValueError(
-                f"in_channels // 4 is 0 for in_channels={in_channels}; pass inter_channels"
-            )
-        inter = in_channels // 4 if inter_channels is None else inter_channels
-        self.inter_channels = inter = check_positive_int("inter_channels", inter)
+        self.inter_channels = inter = default_inter_channels(in_channels, inter_channels)
+        self.in_channels = in_channels
         self.attention_in = ConvNormAct(in_channels, inter, 3, **layers)
         self.attention = CrissCrossAttention(
             inter, reduction, gamma_init=gamma_init, recurrence=recurrence, **dd
