@@ -28,8 +28,13 @@ LATEST = "checkpoint.pt"
 _NUMBERED_PATTERN = "checkpoint-*.pt"
 # what a checkpoint of examples/train.py holds at least, for evaluate.py and --resume alike
 _REQUIRED_KEYS = ("model", "model_config", "classes", "iteration")
-# train.py's --model names; a checkpoint without "model_name" predates CCNet: a DANet
+# train.py's --model names
 MODELS: dict[str, type[SegmentationModel]] = {"danet": DANet, "ccnet": CCNet}
+
+
+def model_name(checkpoint: dict[str, Any]) -> str:
+    """The ``--model`` a checkpoint was trained with; one without the key predates CCNet."""
+    return checkpoint.get("model_name", "danet")
 
 
 def attention_gammas(model: SegmentationModel) -> dict[str, nn.Parameter]:
@@ -162,7 +167,7 @@ def load_model(path: Path, device: torch.device) -> tuple[SegmentationModel, dic
         CheckpointError: the file cannot be read (the message names it).
     """
     checkpoint = read_checkpoint(path)
-    name = checkpoint.get("model_name", "danet")
+    name = model_name(checkpoint)
     if name not in MODELS:
         raise CheckpointError(
             f"{path} holds a model named {name!r}; expected one of {sorted(MODELS)}"

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.*` whe
 from attnblocks.models import DANet
 from attnblocks.models.base import SegmentationModel
 from attnblocks.pretrained import PretrainedConfig, bit_palette, find_mmseg_checkpoint
-from examples.checkpoints import MODELS
+from examples.checkpoints import MODELS, model_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,7 +88,7 @@ def load_model(args: argparse.Namespace) -> SegmentationModel:
             raise SystemExit(f"no checkpoint at {path} (add --mmseg for an mmseg config name)")
         # examples/train.py's checkpoint: our own file, pickled with its training arguments
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model_type = model_class(args, checkpoint and checkpoint.get("model_name"))
+    model_type = model_class(args, None if checkpoint is None else model_name(checkpoint))
     options = {}
     if model_type is DANet:
         options["attention_backend"] = args.attention_backend

@@ -65,6 +65,7 @@ from examples.checkpoints import (
     CheckpointError,
     attention_gammas,
     latest_checkpoint,
+    model_name,
     numbered_checkpoints,
     save_checkpoint,
 )
@@ -575,10 +576,11 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, device: torch.d
     if args.resume:
         # Loaded on the CPU: RNG states must stay there; the rest follows the parameters.
         checkpoint_path, checkpoint = latest_checkpoint(args.out)
-        if checkpoint.get("model_name", "danet") != args.model:
+        trained = model_name(checkpoint)
+        if trained != args.model:
             raise RunError(
-                f"{checkpoint_path} holds a {checkpoint.get('model_name', 'danet')} run; "
-                f"resume it with --model {checkpoint.get('model_name', 'danet')}, not {args.model}"
+                f"{checkpoint_path} holds a {trained} run; resume it with --model {trained}, "
+                f"not {args.model}"
             )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
