@@ -96,8 +96,6 @@ def mmseg_segmentor_key_map(model: str, head_rules: tuple[Rename, ...]) -> KeyMa
 
 MMSEG_DANET = mmseg_segmentor_key_map("DANet", MMSEG_DAHEAD_RULES)
 MMSEG_CCNET = mmseg_segmentor_key_map("CCNet", MMSEG_CCHEAD_RULES)
-#: The tables by model name as mmseg's config names start (``"danet"``, ``"ccnet"``).
-MMSEG_SEGMENTORS: dict[str, KeyMap] = {"danet": MMSEG_DANET, "ccnet": MMSEG_CCNET}
 
 # Bottleneck blocks per stage -> timm name. mmseg's DANet/CCNet are released on these two.
 MMSEG_RESNET_V1C_DEPTHS: dict[tuple[int, ...], str] = {
@@ -162,21 +160,25 @@ def mmseg_backbone_name(state_dict: Mapping[str, Tensor]) -> str:
     return name
 
 
-def mmseg_num_classes(state_dict: Mapping[str, Tensor]) -> int:
-    """The number of classes of an mmseg segmentor: the rows of ``decode_head.conv_seg``.
+def mmseg_num_classes(
+    state_dict: Mapping[str, Tensor], classifier: str = "decode_head.conv_seg.weight"
+) -> int:
+    """The number of classes of an mmseg segmentor: the rows of its classifier.
 
     Args:
         state_dict: the checkpoint's state dict (mmseg key names).
+        classifier: the classifier's weight key (a cascade's last head has its own,
+            ``decode_head.1.conv_seg.weight`` in OCRNet).
 
     Raises:
-        ValueError: if the state dict has no ``decode_head.conv_seg.weight``.
+        ValueError: if the state dict has no such key.
     """
-    weight = state_dict.get("decode_head.conv_seg.weight")
+    weight = state_dict.get(classifier)
     if weight is None:
         heads = sorted({key.split(".")[0] for key in state_dict})
         raise ValueError(
-            "expected an mmseg segmentor checkpoint with a decode_head.conv_seg.weight "
-            f"classifier; its keys start with {heads}"
+            f"expected an mmseg segmentor checkpoint with a {classifier} classifier; its "
+            f"keys start with {heads}"
         )
     return int(weight.shape[0])
 

@@ -2,13 +2,15 @@
 
 from ._hub import HUB_AVAILABLE
 from .backbone import apply_multi_grid, create_backbone
-from .base import SegmentationModel, main_logits
+from .base import MMSEG_MODELS, SegmentationModel, main_logits
 from .ccnet import CCNet, CCNetHead
 from .danet import DANet
 from .danet_head import DANetHead, DANetOutput
+from .registry import from_mmseg, mmseg_model_class
 
 __all__ = [
     "HUB_AVAILABLE",
+    "MMSEG_MODELS",
     "CCNet",
     "CCNetHead",
     "DANet",
@@ -17,5 +19,7 @@ __all__ = [
     "SegmentationModel",
     "apply_multi_grid",
     "create_backbone",
+    "from_mmseg",
     "main_logits",
+    "mmseg_model_class",
 ]

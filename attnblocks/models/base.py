@@ -1,8 +1,11 @@
 """The scaffold the package's segmentation models share: timm backbone -> head -> upsample.
 
 An architecture's file builds only its head (``self.head``, fed the backbone's last
-feature map; it returns logits, or a NamedTuple of logit maps with the prediction
-first) and points to its compat table for mmseg checkpoints. :class:`SegmentationModel`
+feature map, or the list of the levels it declares in ``feature_levels``, as mmseg's
+``in_index``; it returns logits, or a NamedTuple of logit maps with the prediction
+first) and points to its compat table for mmseg checkpoints (``mmseg_key_map``, with
+``mmseg_model``, ``mmseg_head_types`` and ``mmseg_head_keys``, which register the class
+for :func:`attnblocks.models.from_mmseg`). :class:`SegmentationModel`
 builds the dilated backbone, upsamples every logit map to the input size, predicts
 labels for tensors and for images (with the preprocessing of its
 :class:`~attnblocks.pretrained.PretrainedConfig`), loads mmsegmentation checkpoints,
@@ -23,7 +26,6 @@ from torch import Tensor, nn
 
 from .._validation import check_float_tensor, check_positive_int
 from ..compat import (
-    MMSEG_SEGMENTORS,
     KeyMap,
     load_state_dict_strictly,
     mmseg_backbone_name,
@@ -34,6 +36,7 @@ from ..inference import Size2, predict_labels
 from ..pretrained import (
     MMSEG_CHECKPOINTS,
     ImageLike,
+    MMSegCheckpoint,
     PretrainedConfig,
     PretrainedConfigLike,
     find_mmseg_checkpoint,
@@ -45,9 +48,45 @@ from ._hub import HubMixin
 from .backbone import OutputStride, create_backbone
 
 Model = TypeVar("Model", bound="SegmentationModel")
+#: The model classes that load mmseg checkpoints, by their ``mmseg_model`` name ("danet"...):
+#: filled as the classes are defined (``SegmentationModel.__init_subclass__``).
+MMSEG_MODELS: dict[str, type[SegmentationModel]] = {}
 FromConfig = Literal["config"]
 # Keyword arguments that fetch weights when a model is built: a saved model has its own.
 _WEIGHT_SOURCES = {"pretrained_backbone": False, "backbone_weights": None}
+
+
+def fetch_mmseg_checkpoint(
+    path_or_checkpoint: str | Path | Mapping[str, Any], model: type[SegmentationModel] | None = None
+) -> tuple[MMSegCheckpoint | None, str | Path | Mapping[str, Any]]:
+    """The release a checkpoint argument names (or None) and the checkpoint, downloaded if named.
+
+    A release name or URL is downloaded once (hash checked); a path or loaded contents
+    pass through. With ``model``, a release of another architecture is refused before
+    any download.
+
+    Args:
+        path_or_checkpoint: a file, its loaded contents, a release's config name or a URL.
+        model: the class that will load it, or None (any).
+
+    Raises:
+        ValueError: for a release of another architecture than ``model``'s.
+    """
+    if not isinstance(path_or_checkpoint, (str, Path)):
+        return None, path_or_checkpoint
+    entry = find_mmseg_checkpoint(path_or_checkpoint)
+    if entry is not None and model is not None and entry.model != model.mmseg_model:
+        owner = MMSEG_MODELS.get(entry.model)
+        raise ValueError(
+            f"{str(path_or_checkpoint)!r} is a release of mmseg's {entry.model!r} models; "
+            f"{model.__name__}.from_mmseg loads {model.mmseg_model!r} releases: call "
+            f"{owner.__name__ if owner else 'the matching class'}.from_mmseg or "
+            "attnblocks.models.from_mmseg"
+        )
+    text = str(path_or_checkpoint)
+    if not Path(path_or_checkpoint).is_file() and (text in MMSEG_CHECKPOINTS or "://" in text):
+        return entry, load_mmseg_checkpoint(text)
+    return entry, path_or_checkpoint
 
 
 def main_logits(output: Tensor | Sequence[Tensor]) -> Tensor:
@@ -65,9 +104,10 @@ class SegmentationModel(
     """Base of the segmentation models: a dilated timm backbone, a head, bilinear upsampling.
 
     Subclasses build ``self.head`` after calling ``super().__init__``; the head gets
-    ``(B, encoder_channels, H / os, W / os)`` features and returns logits (or a
-    NamedTuple of logit maps, the prediction first), which :meth:`forward` upsamples
-    to the input size.
+    ``(B, encoder_channels, H / os, W / os)`` features (or, with several
+    ``feature_levels``, the list of those levels' maps, shallowest first) and returns
+    logits (or a NamedTuple of logit maps, the prediction first), which :meth:`forward`
+    upsamples to the input size.
 
     Args:
         backbone: timm model name; any model that supports ``features_only`` and
@@ -82,11 +122,30 @@ class SegmentationModel(
         pretrained_config: normalisation, class names, palette and test-time resizing
             (a :class:`~attnblocks.pretrained.PretrainedConfig` or its dict); None:
             ImageNet statistics and generic class names.
+        feature_levels: timm ``out_indices`` of the feature maps the head reads (for a
+            ResNet 1..4 are ``layer1..layer4``, so mmseg's ``in_index`` i is level i + 1);
+            None: the class's :attr:`feature_levels`.
     """
 
     head: nn.Module
+    #: the backbone levels the head reads (timm ``out_indices``); one level: a tensor
+    feature_levels: ClassVar[tuple[int, ...]] = (-1,)
     #: the compat table for mmsegmentation checkpoints of this architecture (None: none)
     mmseg_key_map: ClassVar[KeyMap | None] = None
+    #: the name of the architecture in the release table (``MMSegCheckpoint.model``)
+    mmseg_model: ClassVar[str | None] = None
+    #: mmseg's decode head type(s) of the architecture (the last one of a cascade decides)
+    mmseg_head_types: ClassVar[tuple[str, ...]] = ()
+    #: state-dict key prefixes that only this architecture's mmseg checkpoints hold
+    mmseg_head_keys: ClassVar[tuple[str, ...]] = ()
+    #: the state-dict key of the classifier whose rows are the classes
+    mmseg_classifier_key: ClassVar[str] = "decode_head.conv_seg.weight"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("mmseg_model")
+        if name is not None:
+            MMSEG_MODELS[name] = cls
 
     def __init__(
         self,
@@ -99,10 +158,13 @@ class SegmentationModel(
         align_corners: bool = False,
         backbone_kwargs: Mapping[str, Any] | None = None,
         pretrained_config: PretrainedConfigLike | None = None,
+        feature_levels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_positive_int("num_classes", num_classes)
         backbone_kwargs = dict(backbone_kwargs or {})
+        levels = tuple(self.feature_levels if feature_levels is None else feature_levels)
+        backbone_kwargs.setdefault("out_indices", levels)
         self.backbone = create_backbone(
             backbone, output_stride, multi_grid, pretrained=pretrained_backbone,
             weights=backbone_weights, **backbone_kwargs,
@@ -116,8 +178,13 @@ class SegmentationModel(
 
     @property
     def encoder_channels(self) -> int:
-        """Channels of the backbone features the head receives."""
+        """Channels of the deepest backbone features the head receives."""
         return int(self.backbone.feature_info.channels()[-1])
+
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of each feature map the head receives, shallowest first."""
+        return [int(c) for c in self.backbone.feature_info.channels()]
 
     def forward(self, images: Tensor) -> Any:
         """Head logits upsampled to the size of ``images`` ``(B, in_chans, H, W)``."""
@@ -128,8 +195,8 @@ class SegmentationModel(
                 f"{name}'s backbone takes {self.in_chans}-channel images, got "
                 f"{images.shape[1]} channels (shape {tuple(images.shape)})"
             )
-        features = self.backbone(images)[-1]  # (B, C, H / os, W / os)
-        logits = self.head(features)
+        features = self.backbone(images)  # [(B, C_i, H / s_i, W / s_i)] per level
+        logits = self.head(features[0] if len(features) == 1 else features)
         size = images.shape[-2:]
 
         def upsample(t: Tensor) -> Tensor:
@@ -233,32 +300,66 @@ class SegmentationModel(
                 misshapen keys.
             FileNotFoundError: for a path that is not a file, nor a known name or URL.
         """
+        if cls.mmseg_key_map is None:
+            raise NotImplementedError(f"{cls.__name__} has no table for mmseg checkpoints")
+        entry, checkpoint = fetch_mmseg_checkpoint(path_or_checkpoint, cls)
+        state_dict, meta = read_mmseg_checkpoint(checkpoint, f"{cls.__name__}.from_mmseg")
+        return cls.load_mmseg(state_dict, meta, entry, **kwargs)
+
+    @classmethod
+    def load_mmseg(
+        cls: type[Model],
+        state_dict: Mapping[str, Tensor],
+        meta: Mapping[str, Any],
+        entry: MMSegCheckpoint | None,
+        **kwargs: Any,
+    ) -> Model:
+        """Build and strictly load the model of an already read mmseg checkpoint; eval mode.
+
+        The step of :meth:`from_mmseg` (and :func:`attnblocks.models.from_mmseg`) after
+        reading the file: keys converted with :attr:`mmseg_key_map`, constructor
+        arguments from :meth:`mmseg_model_options` overridden by ``kwargs``.
+
+        Args:
+            state_dict: the weights, mmseg key names, ``module.`` stripped.
+            meta: the checkpoint's ``meta`` (``{}`` without one).
+            entry: the release the checkpoint was recognised as, or None.
+            **kwargs: constructor arguments that override the inferred ones.
+        """
         key_map = cls.mmseg_key_map
         if key_map is None:
             raise NotImplementedError(f"{cls.__name__} has no table for mmseg checkpoints")
-        entry, checkpoint = None, path_or_checkpoint
-        if isinstance(checkpoint, (str, Path)):
-            entry = find_mmseg_checkpoint(checkpoint)
-            if entry is not None and MMSEG_SEGMENTORS.get(entry.model) is not key_map:
-                raise ValueError(
-                    f"{str(checkpoint)!r} is a release of mmseg's {entry.model!r} models; "
-                    f"{cls.__name__}.from_mmseg loads {key_map.source}: call from_mmseg on "
-                    "the matching model class"
-                )
-            text = str(checkpoint)
-            if not Path(checkpoint).is_file() and (text in MMSEG_CHECKPOINTS or "://" in text):
-                checkpoint = load_mmseg_checkpoint(text)
-        state_dict, meta = read_mmseg_checkpoint(checkpoint, f"{cls.__name__}.from_mmseg")
-        num_classes, backbone = mmseg_num_classes(state_dict), mmseg_backbone_name(state_dict)
+        options = cls.mmseg_model_options(state_dict, meta, entry)  # backbone checked first
         converted = key_map.convert(state_dict)  # unknown keys fail here, before building
-        options: dict[str, Any] = dict(
-            backbone=backbone, num_classes=num_classes, output_stride=8,
-            align_corners=entry.align_corners if entry is not None else False,
-            pretrained_config=mmseg_pretrained_config(num_classes, meta, entry),
-        )  # fmt: skip
         model = cls(**{**options, **kwargs})
         load_state_dict_strictly(model, converted, key_map.hint)
         return model.eval()
+
+    @classmethod
+    def mmseg_model_options(
+        cls,
+        state_dict: Mapping[str, Tensor],
+        meta: Mapping[str, Any],
+        entry: MMSegCheckpoint | None,
+    ) -> dict[str, Any]:
+        """The constructor arguments of the model an mmseg checkpoint holds.
+
+        The backbone and the number of classes come from the weights, the alignment and
+        the :class:`~attnblocks.pretrained.PretrainedConfig` from the release. A model
+        whose head has settings the weights show (a mask size, a number of bases)
+        extends this (``options = super().mmseg_model_options(...)``).
+
+        Args:
+            state_dict: the checkpoint's weights, mmseg key names, ``module.`` stripped.
+            meta: the checkpoint's ``meta`` (``{}`` without one).
+            entry: the release the checkpoint was recognised as, or None.
+        """
+        num_classes = mmseg_num_classes(state_dict, cls.mmseg_classifier_key)
+        return dict(
+            backbone=mmseg_backbone_name(state_dict), num_classes=num_classes, output_stride=8,
+            align_corners=entry.align_corners if entry is not None else False,
+            pretrained_config=mmseg_pretrained_config(num_classes, meta, entry),
+        )  # fmt: skip
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Any:
         """Write ``config.json`` (constructor arguments) and ``model.safetensors`` into a folder.

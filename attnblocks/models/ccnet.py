@@ -124,6 +124,9 @@ class CCNet(SegmentationModel, paper_url="https://arxiv.org/abs/1811.11721"):
     """
 
     mmseg_key_map = MMSEG_CCNET
+    mmseg_model = "ccnet"
+    mmseg_head_types = ("CCHead",)
+    mmseg_head_keys = ("decode_head.cca.",)
 
     def __init__(
         self,

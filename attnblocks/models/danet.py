@@ -61,6 +61,9 @@ class DANet(SegmentationModel, paper_url="https://arxiv.org/abs/1809.02983"):
     """
 
     mmseg_key_map = MMSEG_DANET
+    mmseg_model = "danet"
+    mmseg_head_types = ("DAHead",)
+    mmseg_head_keys = ("decode_head.pam.", "decode_head.cam.")
 
     def __init__(
         self,

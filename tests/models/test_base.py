@@ -179,3 +179,40 @@ def test_without_huggingface_hub_the_package_works():
                             text=True, env={"PYTHONPATH": str(REPO), "PATH": ""})  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+class _TwoLevelHead(torch.nn.Module):
+    """Records what it is fed; classifies the deepest level."""
+
+    def __init__(self, channels, num_classes):
+        super().__init__()
+        self.classifier = torch.nn.Conv2d(channels, num_classes, 1)
+        self.seen = None
+
+    def forward(self, features):
+        self.seen = features
+        return self.classifier(features[-1])
+
+
+def test_a_head_that_declares_levels_gets_their_maps_shallowest_first():
+    from attnblocks.models import SegmentationModel
+
+    class TwoLevels(SegmentationModel):
+        feature_levels = (3, 4)  # ResNet layer3 and layer4: mmseg's in_index (2, 3)
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.head = _TwoLevelHead(self.encoder_channels, self.num_classes)
+
+    model = TwoLevels(backbone="resnet18", num_classes=2).eval()
+    assert model.feature_channels == [256, 512]
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        out = model(x)
+    reference = timm.create_model("resnet18", features_only=True, output_stride=8)
+    reference.load_state_dict(model.backbone.state_dict(), strict=False)
+    with torch.no_grad():
+        expected = reference.eval()(x)
+    assert [t.shape for t in model.head.seen] == [expected[3].shape, expected[4].shape]
+    assert torch.allclose(model.head.seen[0], expected[3]) and out.shape == (1, 2, 32, 48)
+    assert "twolevels" not in __import__("attnblocks").models.MMSEG_MODELS  # no mmseg_model

@@ -1,4 +1,4 @@
-"""The table of mmseg's released DANet and CCNet checkpoints and the hash-checked download."""
+"""The release table of mmseg's attention models (a data file) and the hash-checked download."""
 
 import hashlib
 from collections import Counter
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from attnblocks.models import MMSEG_MODELS
 from attnblocks.pretrained import (
     MMSEG_CHECKPOINTS,
     MMSEG_DOWNLOAD_ROOT,
@@ -18,19 +19,44 @@ from attnblocks.pretrained import (
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-@pytest.mark.parametrize("model", ["danet", "ccnet"])
-def test_sixteen_releases_of_each_model(model):
+# releases per model in mmsegmentation 1.2.2's metafiles (config prefix, download folder)
+RELEASES = {
+    "danet": (16, "danet", "danet"), "ccnet": (16, "ccnet", "ccnet"),
+    "nlnet": (16, "nonlocal", "nonlocal_net"), "gcnet": (16, "gcnet", "gcnet"),
+    "dnlnet": (12, "dnl", "dnlnet"), "psanet": (16, "psanet", "psanet"),
+    "annnet": (16, "ann", "ann"), "isanet": (16, "isanet", "isanet"),
+    "ocrnet": (24, "ocrnet", "ocrnet"), "emanet": (4, "emanet", "emanet"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("model", sorted(RELEASES))
+def test_the_releases_of_each_model(model):
+    count, prefix, folder = RELEASES[model]
     entries = [e for e in MMSEG_CHECKPOINTS.values() if e.model == model]
-    assert len(entries) == 16
-    assert Counter(e.dataset for e in entries) == {"cityscapes": 8, "ade20k": 4, "voc": 4}
-    assert Counter(e.backbone for e in entries) == {"resnet50c": 8, "resnet101c": 8}
-    assert Counter(e.align_corners for e in entries) == {False: 12, True: 4}  # 769x769 ones
+    assert len(entries) == count
     for entry in entries:
-        assert entry.config.startswith(f"{model}_r") and entry.run.startswith(f"{model}_r")
-        assert entry.url.startswith(f"{MMSEG_DOWNLOAD_ROOT}{model}/{entry.run}/")
+        assert entry.config.startswith(f"{prefix}_") and entry.run.startswith(f"{prefix}_")
+        assert entry.url.startswith(f"{MMSEG_DOWNLOAD_ROOT}{folder}/{entry.run}/")
         assert entry.miou_ms_flip is None or entry.miou_ms_flip > entry.miou
-        assert entry.align_corners == ("769x769" in entry.config) == (entry.test_crop is not None)
-    assert len(MMSEG_CHECKPOINTS) == 32
+        crop = "x".join(map(str, entry.crop))
+        assert f"_{entry.dataset.replace('voc', 'voc12aug')}-{crop}" in entry.config
+        assert entry.align_corners == (crop == "769x769") == (entry.test_crop is not None)
+        assert entry.test_scale == (
+            (2049, 1025)
+            if crop == "769x769"
+            else (2048, 1024)
+            if entry.dataset == "cityscapes"
+            else (2048, 512)
+        )
+    assert len(MMSEG_CHECKPOINTS) == sum(count for count, _, _ in RELEASES.values())
+
+
+@pytest.mark.parametrize("model", ["danet", "ccnet"])
+def test_danet_and_ccnet_releases(model):
+    entries = [e for e in MMSEG_CHECKPOINTS.values() if e.model == model]
+    assert Counter(e.dataset for e in entries) == {"cityscapes": 8, "ade20k": 4, "voc": 4}
+    assert Counter(e.backbone for e in entries) == {"R-50-D8": 8, "R-101-D8": 8}
+    assert Counter(e.align_corners for e in entries) == {False: 12, True: 4}  # 769x769 ones
 
 
 def test_torch_hub_finds_the_hash_prefix_in_every_file_name():
@@ -42,8 +68,9 @@ def test_torch_hub_finds_the_hash_prefix_in_every_file_name():
 
 def test_readme_lists_every_checkpoint():
     rows = [line for line in README.read_text().splitlines() if MMSEG_DOWNLOAD_ROOT in line]
-    assert len(rows) == len(MMSEG_CHECKPOINTS)
-    for entry in MMSEG_CHECKPOINTS.values():
+    loadable = [e for e in MMSEG_CHECKPOINTS.values() if e.model in MMSEG_MODELS]
+    assert len(rows) == len(loadable)
+    for entry in loadable:
         row = next(line for line in rows if entry.url in line)
         ms = "-" if entry.miou_ms_flip is None else f"{entry.miou_ms_flip:.2f}"
         cells = [cell.strip() for cell in row.strip("|").split("|")]
@@ -98,6 +125,10 @@ def test_pretrained_config_from_release_class_count_or_nothing():
         150, {}, MMSEG_CHECKPOINTS["danet_r50-d8_4xb4-80k_ade20k-512x512"]
     )
     assert ade.dataset == "ade20k" and ade.image_scale == (2048, 512)
+    city769 = mmseg_pretrained_config(
+        19, {}, MMSEG_CHECKPOINTS["ccnet_r50-d8_4xb2-40k_cityscapes-769x769"]
+    )  # the release's test resize: cityscapes_769x769.py's Resize(scale=(2049, 1025))
+    assert city769.image_scale == (2049, 1025) and city769.crop_size == (769, 769)
     assert mmseg_pretrained_config(5, {}, None).class_names[4] == "class 4"
     named = mmseg_pretrained_config(2, {"dataset_meta": {"classes": ["sky", "sea"]}}, None)
     assert named.class_names == ("sky", "sea") and len(named.palette) == 2
