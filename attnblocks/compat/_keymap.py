@@ -25,7 +25,7 @@ class Rename(NamedTuple):
     A ``source`` ending in ``.`` renames a whole module's keys; a ``source`` that is a
     complete key renames that key alone.
 
-    Args:
+    Attributes:
         source: key prefix in the foreign checkpoint (``"decode_head.pam.query_project."``).
         target: what replaces it in this package's keys (``"head.attention.pam.query_conv."``).
         convert: changes the tensor as well, when the layouts differ (e.g.
