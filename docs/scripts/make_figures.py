@@ -1,0 +1,500 @@
+"""Draw every picture of the documentation site from real computations, into docs/images/.
+
+    pip install -e ".[docs]"           # matplotlib, scikit-image (the photograph)
+    python docs/scripts/make_figures.py
+
+1. ``blocks-*.png``: what each block attends to, computed by the block itself on a
+   photograph that scikit-image ships (``skimage.data.astronaut()``, NASA, public
+   domain). The blocks get hand-set projections instead of trained ones, so that the
+   picture says what the *mechanism* does: queries and keys compare the pixels' colours
+   (CIELAB), with ``q_i . k_j = -t |lab_i - lab_j|^2`` up to a per-row constant, so a
+   softmax over keys favours pixels of similar colour. The same weights go into PAM,
+   criss-cross and non-local, so their pictures differ only by the mechanism.
+2. ``heads-*.svg``: the model heads as diagrams (boxes and arrows drawn with matplotlib).
+3. ``demo-*.png``: a DANet trained on the synthetic scenes of ``examples/train.py``: a
+   shorter run of the demo (``--iters``, default 600 of the demo's 2000, the rest of the
+   recipe unchanged), its PAM maps for chosen pixels, its CAM channels, and the same learned
+   query/key projections in a criss-cross and a non-local block; then the same model on
+   the photograph. The run goes to ``runs/docs-figures/danet`` and is reused when its
+   checkpoint exists (``--retrain`` to train again).
+
+Deterministic given the run: the run is (examples/train.py seeds everything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the checkout's attnblocks and examples
+
+from attnblocks import CAM, PAM, ContextBlock, CrissCrossAttention, NonLocal2d  # noqa: E402
+
+IMAGES = ROOT / "docs" / "images"
+RUN = ROOT / "runs" / "docs-figures" / "danet"
+POINT_COLOURS = ("#ff2d2d", "#2dd4ff", "#ffd22d", "#b24dff")
+DPI = 80  # modest PNGs: the site shows them at about this size
+plt.rcParams.update({"font.size": 8, "svg.fonttype": "none"})  # SVG text stays text
+
+
+def save(fig: plt.Figure, name: str) -> None:
+    path = IMAGES / name
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    print(f"{path.relative_to(ROOT)}: {path.stat().st_size // 1024} KiB")
+
+
+def mark(ax: plt.Axes, points: list[tuple[int, int]], first: int = 0) -> None:
+    """Dots on the query pixels, in the colours of points ``first``, ``first + 1``..."""
+    for index, (row, col) in enumerate(points):
+        colour = POINT_COLOURS[(first + index) % len(POINT_COLOURS)]
+        ax.plot(col, row, "o", ms=6, color=colour, mec="black")
+
+
+# ---------------------------------------------------------------- 1. the blocks on a photograph
+
+
+def photograph(size: int = 64) -> tuple[np.ndarray, Tensor]:
+    """The astronaut photograph at ``size`` x ``size``: RGB for drawing, colour features."""
+    from skimage import color, data, transform
+
+    rgb = transform.resize(data.astronaut(), (size, size), anti_aliasing=True)  # floats in 0..1
+    lab = torch.from_numpy(color.rgb2lab(rgb)).float().permute(2, 0, 1)  # (3, H, W)
+    lab = (lab - lab.mean((1, 2), keepdim=True)) / lab.std()  # one scale for the three
+    return rgb, lab
+
+
+def colour_features(lab: Tensor, channels: int = 32) -> Tensor:
+    """``(1, channels, H, W)``: the Lab colour, its squared norm, zeros for the rest."""
+    x = torch.zeros(1, channels, *lab.shape[1:])
+    x[0, :3] = lab
+    x[0, 3] = lab.pow(2).sum(0)
+    return x
+
+
+def colour_similarity(query: nn.Conv2d, key: nn.Conv2d, temperature: float) -> None:
+    """Set 1x1 query/key convs (4 output channels) to compare colours.
+
+    ``q_i = [2t lab_i, 1]``, ``k_j = [lab_j, -t |lab_j|^2]``, so ``q_i . k_j =
+    -t |lab_i - lab_j|^2 + t |lab_i|^2``: the last term is the same for every key of a
+    query and cancels in the softmax over keys.
+    """
+    with torch.no_grad():
+        for conv in (query, key):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        for c in range(3):
+            query.weight[c, c] = 2 * temperature
+            key.weight[c, c] = 1.0
+        query.bias[3] = 1.0
+        key.weight[3, 3] = -temperature
+
+
+def draw_block_maps(
+    name: str, title: str, rgb: np.ndarray, maps: Tensor, points, labels, log: bool = False
+) -> None:
+    """The photograph with its query points, then one attention map per point.
+
+    ``points`` may repeat (several maps of one point); ``log`` draws the maps on a log
+    scale (where most weight sits on a few pixels and the rest would look black).
+    """
+    count = maps.shape[0]
+    distinct = list(dict.fromkeys(points))
+    fig, axes = plt.subplots(1, count + 1, figsize=(2.0 * (count + 1), 2.3))
+    axes[0].imshow(rgb)
+    mark(axes[0], distinct)
+    axes[0].set_title("photograph, query pixels")
+    for index, ax in enumerate(axes[1:]):
+        ax.imshow(rgb, alpha=0.35)
+        shown = maps[index].clamp_min(1e-8).log10() if log else maps[index]
+        ax.imshow(shown.numpy(), cmap="magma", alpha=0.75)
+        if index < len(points):
+            mark(ax, [points[index]], first=distinct.index(points[index]))
+        ax.set_title(labels[index])
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    save(fig, name)
+
+
+def block_figures() -> None:
+    rgb, lab = photograph()
+    x = colour_features(lab)
+    points = [(14, 30), (40, 8), (56, 40)]  # helmet/face, flag/background, suit
+    labels = [f"point {i + 1}" for i in range(len(points))]
+    temperature = 2.0
+
+    pam = PAM(32, reduction=8)  # query/key width 32 // 8 = 4
+    colour_similarity(pam.query_conv, pam.key_conv, temperature)
+    draw_block_maps(
+        "blocks-pam.png",
+        "PAM: each query pixel's softmax over all H x W positions (colour-similarity weights)",
+        rgb, pam.attention_map(x, points)[0], points, labels,
+    )  # fmt: skip
+
+    cca = CrissCrossAttention(32, reduction=8)
+    colour_similarity(cca.query_conv, cca.key_conv, temperature)
+    one = cca.attention_map(x, points)[0]
+    # two passes (CCNet's recurrence 2) reach every pixel: the second pass's weights on
+    # the first's, i.e. the product of two criss-cross attention matrices, for one query
+    two = torch.stack([_two_pass_reach(cca, x, p) for p in points])
+    draw_block_maps(
+        "blocks-criss-cross.png",
+        "Criss-cross: one pass sees its row and column; two passes (recurrence 2) reach every "
+        "pixel (log scale)",
+        rgb, torch.cat([one, two]), points + points,
+        [f"point {i + 1}, {n}" for n in ("one pass", "two passes") for i in range(3)],
+        log=True,
+    )  # fmt: skip
+
+    modes = []
+    for mode in ("embedded_gaussian", "gaussian", "dot_product", "concatenation"):
+        block = NonLocal2d(32, reduction=8, mode=mode, use_scale=False)
+        if mode in ("embedded_gaussian", "dot_product"):
+            colour_similarity(block.theta, block.phi, temperature)
+        elif mode == "concatenation":
+            with torch.no_grad():  # scores a_i + b_j from the colour, ReLU'd: brightness pairs
+                for conv in (block.theta, block.phi):
+                    conv.weight.zero_()
+                    conv.bias.zero_()
+                    conv.weight[:, 0] = 1.0  # lightness L into every inter channel
+                block.concat_project.weight.fill_(1.0)  # a_i + b_j: the two lightnesses
+        maps = block.attention_map(x, points[:1])[0, 0]
+        modes.append((mode, maps / maps.abs().max()))
+    fig, axes = plt.subplots(1, 5, figsize=(10, 2.3))
+    axes[0].imshow(rgb)
+    mark(axes[0], points[:1])
+    axes[0].set_title("photograph, query pixel")
+    for ax, (mode, maps) in zip(axes[1:], modes):
+        ax.imshow(rgb, alpha=0.35)
+        ax.imshow(maps.numpy(), cmap="magma", alpha=0.75)
+        mark(ax, points[:1])
+        ax.set_title(mode.replace("_", " "))
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle("Non-local: the pairwise function f(i, j) of one query pixel, four modes "
+                 "(scaled to their maximum)", fontsize=9)  # fmt: skip
+    save(fig, "blocks-non-local.png")
+
+    gc = ContextBlock(32, pooling="att")
+    with torch.no_grad():  # the context's weights favour the reddest pixels (Lab a*)
+        gc.conv_mask.weight.zero_()
+        gc.conv_mask.weight[0, 1] = 4.0
+    shared = gc.attention_map(x, points)[0, :1]
+    draw_block_maps(
+        "blocks-context.png",
+        "Global context: one softmax over positions, shared by every query pixel",
+        rgb, shared, [], ["the one context map"],
+    )  # fmt: skip
+
+    names = ["L", "a", "b", "|lab|^2", *[f"edge {i}" for i in range(4)]]
+    features = x.clone()
+    gray = lab[:1][None]
+    kernels = torch.tensor(
+        [[[-1.0, 0, 1]] * 3, [[-1.0] * 3, [0] * 3, [1.0] * 3],
+         [[0, 1.0, 1], [-1, 0, 1], [-1, -1, 0]], [[1.0, 1, 0], [1, 0, -1], [0, -1, -1]]]
+    )[:, None]  # fmt: skip
+    features[0, 4:8] = F.conv2d(gray, kernels, padding=1)[0]
+    weights = CAM(8).attention_weights(features[:, :8])[0]  # (8, 8), rows sum to 1
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.8))
+    axes[0].imshow(weights.numpy(), cmap="viridis")
+    axes[0].set_xticks(range(8), names, rotation=60)
+    axes[0].set_yticks(range(8), names)
+    axes[0].set_title("CAM weights (rows sum to 1)")
+    paper = CAM(8, mode="paper").attention_weights(features[:, :8])[0]
+    axes[1].imshow(paper.numpy(), cmap="viridis")
+    axes[1].set_xticks(range(8), names, rotation=60)
+    axes[1].set_yticks([])
+    axes[1].set_title('mode="paper": softmax(E)')
+    fig.suptitle(
+        "CAM on 8 feature maps of the photograph: the default (the authors') "
+        "softmax(rowmax(E) - E) favours the least similar channels",
+        fontsize=8,
+    )
+    save(fig, "blocks-cam.png")
+
+
+def _two_pass_reach(cca: CrissCrossAttention, x: Tensor, point: tuple[int, int]) -> Tensor:
+    """How much each pixel contributes to ``point`` after two criss-cross passes.
+
+    The first pass's weights of every pixel (``A1``, rows and columns only), then the
+    second pass's weights of ``point`` over the first pass's outputs: ``a2 @ A1``. Both
+    passes use the same input's attention, a picture of the reach rather than of a
+    trained CCNet (whose second pass sees the first pass's output).
+    """
+    height, width = x.shape[-2:]
+    every = [(r, c) for r in range(height) for c in range(width)]
+    first = cca.attention_map(x, every)[0].reshape(height * width, height * width)
+    second = cca.attention_map(x, [point])[0, 0].reshape(1, height * width)
+    return (second @ first).reshape(height, width)
+
+
+# ---------------------------------------------------------------- 2. the heads as diagrams
+
+
+def diagram(name: str, boxes: dict, arrows: list, size: tuple[float, float], title: str) -> None:
+    """Boxes ``{key: (x, y, text, colour)}`` joined by ``arrows`` ``(from, to[, label])``."""
+    fig, ax = plt.subplots(figsize=size)
+    ax.set_xlim(0, size[0])
+    ax.set_ylim(0, size[1])
+    ax.axis("off")
+    for x, y, text, colour in boxes.values():
+        ax.add_patch(FancyBboxPatch((x - 0.8, y - 0.22), 1.6, 0.44, boxstyle="round,pad=0.04",
+                                    fc=colour, ec="#333333", lw=0.8))  # fmt: skip
+        ax.text(x, y, text, ha="center", va="center", fontsize=7)
+    for arrow in arrows:
+        (x0, y0, *_), (x1, y1, *_) = boxes[arrow[0]], boxes[arrow[1]]
+        start = (x0 + (0.8 if x1 > x0 + 1 else 0), y0 - (0.22 if y1 < y0 - 0.3 else 0))
+        end = (x1 - (0.8 if x1 > x0 + 1 else 0), y1 + (0.22 if y1 < y0 - 0.3 else 0))
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=8, lw=0.8,
+                                     color="#333333"))  # fmt: skip
+        if len(arrow) > 2:
+            ax.text((start[0] + end[0]) / 2 + 0.05, (start[1] + end[1]) / 2, arrow[2],
+                    fontsize=6, color="#555555")  # fmt: skip
+    ax.set_title(title, fontsize=8)
+    path = IMAGES / name
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    print(f"{path.relative_to(ROOT)}: {path.stat().st_size // 1024} KiB")
+
+
+def head_figures() -> None:
+    blue, green, orange, grey = "#dbe7ff", "#d9f2d9", "#ffe3c2", "#eeeeee"
+    diagram(
+        "heads-danet.svg",
+        {
+            "in": (3.0, 5.2, "backbone features C (stride 8)", grey),
+            "pin": (1.5, 4.4, "3x3 conv-BN-ReLU -> C/4", blue),
+            "cin": (4.5, 4.4, "3x3 conv-BN-ReLU -> C/4", blue),
+            "pam": (1.5, 3.6, "PAM (positions)", orange),
+            "cam": (4.5, 3.6, "CAM (channels)", orange),
+            "pout": (1.5, 2.8, "3x3 conv-BN-ReLU", blue),
+            "cout": (4.5, 2.8, "3x3 conv-BN-ReLU", blue),
+            "sum": (3.0, 2.0, "sum (fused)", green),
+            "pcls": (0.9, 1.2, "dropout, 1x1 -> classes (pam)", grey),
+            "scls": (3.0, 1.2, "dropout, 1x1 -> classes (out)", grey),
+            "ccls": (5.1, 1.2, "dropout, 1x1 -> classes (cam)", grey),
+        },
+        [
+            ("in", "pin"),
+            ("in", "cin"),
+            ("pin", "pam"),
+            ("cin", "cam"),
+            ("pam", "pout"),
+            ("cam", "cout"),
+            ("pout", "sum"),
+            ("cout", "sum"),
+            ("sum", "scls"),
+            ("pout", "pcls"),
+            ("cout", "ccls"),
+        ],
+        (6.0, 5.6),
+        "DANet head (DANetHead: DualAttention + classifiers); logits upsampled to the input",
+    )
+    diagram(
+        "heads-ccnet.svg",
+        {
+            "in": (2.2, 5.2, "backbone features C (stride 8)", grey),
+            "ain": (2.2, 4.4, "3x3 conv-BN-ReLU -> C/4", blue),
+            "cca": (2.2, 3.6, "criss-cross attention x recurrence", orange),
+            "aout": (2.2, 2.8, "3x3 conv-BN-ReLU", blue),
+            "cat": (2.2, 2.0, "concat with backbone features", green),
+            "fuse": (2.2, 1.2, "3x3 conv-BN-ReLU, dropout, 1x1", grey),
+        },
+        [
+            ("in", "ain"),
+            ("ain", "cca"),
+            ("cca", "aout", "shared weights"),
+            ("aout", "cat"),
+            ("cat", "fuse"),
+        ],
+        (4.4, 5.6),
+        "CCNet head (CCNetHead, mmseg's CCHead); one logits tensor",
+    )
+    diagram(
+        "heads-scaffold.svg",
+        {
+            "img": (1.0, 1.0, "image (B, 3, H, W)", "#eeeeee"),
+            "bb": (3.0, 1.0, "timm backbone (dilated)", "#dbe7ff"),
+            "head": (5.0, 1.0, "attention head", "#ffe3c2"),
+            "up": (7.0, 1.0, "bilinear upsample", "#d9f2d9"),
+        },
+        [("img", "bb"), ("bb", "head", "feature_levels"), ("head", "up")],
+        (8.0, 1.6),
+        "SegmentationModel: every model of attnblocks.models",
+    )
+
+
+# ---------------------------------------------------------------- 3. the trained demo DANet
+
+
+def train_demo(iters: int, retrain: bool) -> Path:
+    checkpoint = RUN / "checkpoint.pt"
+    if checkpoint.exists() and not retrain:
+        print(f"using the run in {RUN.relative_to(ROOT)} (--retrain to train again)")
+        return checkpoint
+    command = [sys.executable, str(ROOT / "examples" / "train.py"), "--iters", str(iters),
+               "--val-limit", "100", "--no-pictures", "--out", str(RUN), "--overwrite"]  # fmt: skip
+    print("training:", " ".join(command))
+    subprocess.run(command, check=True, cwd=ROOT)
+    return checkpoint
+
+
+@torch.no_grad()
+def demo_figures(checkpoint: Path) -> None:
+    from examples.checkpoints import load_model
+    from examples.synthetic import CLASSES
+    from examples.train import synthetic_validation_set
+    from examples.transforms import denormalize, normalize
+    from examples.visualize_attention import palette
+
+    model, _ = load_model(checkpoint, torch.device("cpu"))
+    model.eval()
+    metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
+    miou = metrics.get("miou", metrics.get("mIoU"))
+    attention = model.head.attention
+    pam = attention.pam
+
+    def features_of(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        captured = {}
+        hooks = [
+            attention.pam.register_forward_hook(lambda m, a, o: captured.update(pam_in=a[0])),
+            attention.cam.register_forward_hook(
+                lambda m, a, o: captured.update(cam_in=a[0], cam_out=o)
+            ),
+        ]
+        try:
+            model(image[None])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return captured["pam_in"], captured["cam_in"], captured["cam_out"]
+
+    # The same learned query/key projections in a criss-cross and a non-local block.
+    channels = pam.channels
+    cca = CrissCrossAttention(channels, reduction=channels // pam.key_channels)
+    local = NonLocal2d(channels, reduction=channels // pam.key_channels, use_scale=False)
+    cca.query_conv.load_state_dict(pam.query_conv.state_dict())
+    cca.key_conv.load_state_dict(pam.key_conv.state_dict())
+    local.theta.load_state_dict(pam.query_conv.state_dict())
+    local.phi.load_state_dict(pam.key_conv.state_dict())
+
+    scenes = synthetic_validation_set(seed=0)
+    for name, (image, label) in (("synthetic", scenes[0]),):
+        height, width = image.shape[-2:]
+        pam_in, cam_in, cam_out = features_of(image)
+        fh, fw = pam_in.shape[-2:]
+        points = []
+        for cls in ("car", "truck", "lamp", "road"):
+            inside = (label == CLASSES.index(cls)).nonzero()
+            if len(inside):
+                points.append(tuple(inside[len(inside) // 2].tolist()))
+        points = points[:3]
+        cells = [(r * fh // height, c * fw // width) for r, c in points]
+
+        def up(maps: Tensor, size: tuple[int, int] = (height, width)) -> Tensor:
+            return F.interpolate(maps[None], size=size, mode="bilinear")[0]
+
+        rows = {
+            "PAM (trained)": up(pam.attention_map(pam_in, cells)[0]),
+            "criss-cross, same q/k": up(cca.attention_map(pam_in, cells)[0]),
+            "non-local, same q/k": up(local.attention_map(pam_in, cells)[0]),
+        }
+        picture = denormalize(image).permute(1, 2, 0).numpy()
+        prediction = model.predict(image[None])[0]
+        fig, axes = plt.subplots(3, len(points) + 1, figsize=(2.0 * (len(points) + 1), 6.4))
+        colours = palette(len(CLASSES))
+        for row, (title, maps) in enumerate(rows.items()):
+            first = axes[row, 0]
+            if row == 0:
+                first.imshow(picture)
+                mark(first, points)
+                first.set_title("scene, query pixels")
+            elif row == 1:
+                first.imshow(prediction.numpy(), cmap=colours, vmin=0, vmax=len(CLASSES) - 1,
+                             interpolation="nearest")  # fmt: skip
+                first.set_title("prediction")
+            else:
+                first.imshow(label.numpy(), cmap=colours, vmin=0, vmax=len(CLASSES) - 1,
+                             interpolation="nearest")  # fmt: skip
+                first.set_title("ground truth")
+            for index, ax in enumerate(axes[row, 1:]):
+                ax.imshow(picture, alpha=0.4)
+                ax.imshow(maps[index].numpy(), cmap="jet", alpha=0.6)
+                mark(ax, [points[index]], first=index)
+                cls = CLASSES[int(label[points[index]])]
+                ax.set_title(f"{title}: {cls}", fontsize=7)
+        for ax in axes.flat:
+            ax.axis("off")
+        fig.suptitle(
+            f"Demo DANet ({checkpoint.parent.name}, mIoU {miou:.3f} on 100 scenes; gamma PAM "
+            f"{pam.gamma.item():.2f}, CAM {attention.cam.gamma.item():.2f})",
+            fontsize=8,
+        )
+        save(fig, f"demo-{name}-attention.png")
+
+        change = (cam_out - cam_in).abs().flatten(2).sum(-1)[0]
+        top = change.topk(3).indices.tolist()
+        weights = attention.cam.attention_weights(cam_in)[0]
+        fig, axes = plt.subplots(2, 4, figsize=(8.4, 4.4))
+        axes[0, 0].imshow(picture)
+        axes[0, 0].set_title("scene")
+        axes[1, 0].imshow(weights.numpy(), cmap="viridis")
+        axes[1, 0].set_title(f"CAM weights ({weights.shape[0]} x {weights.shape[1]})")
+        for ax, channel in zip(axes[0, 1:], top):
+            ax.imshow(cam_in[0, channel].numpy(), cmap="viridis")
+            ax.set_title(f"channel {channel} before CAM")
+        for ax, channel in zip(axes[1, 1:], top):
+            ax.imshow(cam_out[0, channel].numpy(), cmap="viridis")
+            ax.set_title(f"channel {channel} after CAM")
+        for ax in axes.flat:
+            ax.axis("off")
+        fig.suptitle("CAM in the demo DANet: the three channels it changed most", fontsize=9)
+        save(fig, f"demo-{name}-cam.png")
+
+    # The same model on the photograph (a scene it never saw: its classes do not fit).
+    rgb, _ = photograph(128)
+    pixels = torch.from_numpy((rgb * 255).round().astype(np.uint8)).permute(2, 0, 1)
+    image = normalize(pixels)
+    pam_in, _, _ = features_of(image)
+    fh, fw = pam_in.shape[-2:]
+    points = [(28, 60), (80, 16), (112, 80)]
+    cells = [(r * fh // 128, c * fw // 128) for r, c in points]
+    maps = F.interpolate(pam.attention_map(pam_in, cells), size=(128, 128), mode="bilinear")[0]
+    draw_block_maps(
+        "demo-photo-attention.png",
+        "The demo DANet's PAM on the photograph (trained on synthetic scenes only)",
+        rgb, maps, points, [f"point {i + 1}" for i in range(3)],
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iters", type=int, default=600, help="the demo run's iterations")
+    parser.add_argument("--retrain", action="store_true", help="train the demo run again")
+    parser.add_argument("--skip-demo", action="store_true", help="only the blocks and heads")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    block_figures()
+    head_figures()
+    if not args.skip_demo:
+        demo_figures(train_demo(args.iters, args.retrain))
+
+
+if __name__ == "__main__":
+    main()
