@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -46,6 +47,7 @@ API_MODULES = {
     "attnblocks": "attnblocks",
 }
 ZOO_MARKER = "<!-- generated: model zoo -->"
+_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|data|mod|obj|exc|const):`(~?)([^`]+)`")
 BENCHMARKS_MARKER = "<!-- generated: benchmark results -->"
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -62,10 +64,11 @@ def _kind(obj: object) -> str:
 
 
 def _summary(obj: object) -> str:
-    """The first line of an object's own docstring (constants: their value's type)."""
+    """The first paragraph of an object's own docstring (constants: their value's type)."""
     if inspect.isclass(obj) or callable(obj):
         doc = inspect.getdoc(obj) or ""
         line = doc.strip().split("\n\n")[0].replace("\n", " ")
+        line = _ROLE.sub(lambda m: f"`{m[2].rsplit('.', 1)[-1] if m[1] else m[2]}`", line)
         return line.replace("|", "\\|")
     return f"`{type(obj).__name__}`"
 
@@ -245,6 +248,8 @@ def model_zoo(page_uri: str) -> str:
                     "",
                 ]
             lines += [
+                '<div class="zoo-table" markdown>',
+                "",
                 "| config | dataset | backbone | crop | iterations | mIoU | mIoU (ms+flip) "
                 "| download | SHA-256 | loads |",
                 "|---|---|---|---|---:|---:|---:|---|---|---|",
@@ -258,7 +263,7 @@ def model_zoo(page_uri: str) -> str:
                     f"| {ms} | [model]({e.url}) | `{e.sha256_prefix}` | {loads} |"
                 )
             written += len(entries)
-            lines.append("")
+            lines += ["", "</div>", ""]
     if written != len(MMSEG_CHECKPOINTS):
         raise PluginError(f"model zoo: wrote {written} rows for {len(MMSEG_CHECKPOINTS)} releases")
     return "\n".join(lines)

@@ -209,13 +209,17 @@ def block_figures() -> None:
          [[0, 1.0, 1], [-1, 0, 1], [-1, -1, 0]], [[1.0, 1, 0], [1, 0, -1], [0, -1, -1]]]
     )[:, None]  # fmt: skip
     features[0, 4:8] = F.conv2d(gray, kernels, padding=1)[0]
-    weights = CAM(8).attention_weights(features[:, :8])[0]  # (8, 8), rows sum to 1
+    features = features[:, :8]
+    # each map standardised to unit norm, times 2: E = X X^T = 4 x the maps' correlations
+    centred = features - features.mean((2, 3), keepdim=True)
+    features = 2 * centred / centred.flatten(2).norm(dim=2)[..., None, None]
+    weights = CAM(8).attention_weights(features)[0]  # (8, 8), rows sum to 1
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.8))
     axes[0].imshow(weights.numpy(), cmap="viridis")
     axes[0].set_xticks(range(8), names, rotation=60)
     axes[0].set_yticks(range(8), names)
     axes[0].set_title("CAM weights (rows sum to 1)")
-    paper = CAM(8, mode="paper").attention_weights(features[:, :8])[0]
+    paper = CAM(8, mode="paper").attention_weights(features)[0]
     axes[1].imshow(paper.numpy(), cmap="viridis")
     axes[1].set_xticks(range(8), names, rotation=60)
     axes[1].set_yticks([])
@@ -224,6 +228,7 @@ def block_figures() -> None:
         "CAM on 8 feature maps of the photograph: the default (the authors') "
         "softmax(rowmax(E) - E) favours the least similar channels",
         fontsize=8,
+        y=1.06,
     )
     save(fig, "blocks-cam.png")
 
@@ -247,27 +252,39 @@ def _two_pass_reach(cca: CrissCrossAttention, x: Tensor, point: tuple[int, int])
 
 
 def diagram(name: str, boxes: dict, arrows: list, size: tuple[float, float], title: str) -> None:
-    """Boxes ``{key: (x, y, text, colour)}`` joined by ``arrows`` ``(from, to[, label])``."""
+    """Boxes ``{key: (x, y, text, colour)}`` (inches) joined by ``arrows`` ``(from, to[, label])``.
+
+    An arrow leaves a box at its bottom and enters the next at its top, or goes side to
+    side between boxes on one row.
+    """
+    half_width, half_height = 1.0, 0.2
     fig, ax = plt.subplots(figsize=size)
     ax.set_xlim(0, size[0])
     ax.set_ylim(0, size[1])
     ax.axis("off")
     for x, y, text, colour in boxes.values():
-        ax.add_patch(FancyBboxPatch((x - 0.8, y - 0.22), 1.6, 0.44, boxstyle="round,pad=0.04",
-                                    fc=colour, ec="#333333", lw=0.8))  # fmt: skip
+        ax.add_patch(FancyBboxPatch((x - half_width, y - half_height), 2 * half_width,
+                                    2 * half_height, boxstyle="round,pad=0.03", fc=colour,
+                                    ec="#333333", lw=0.8))  # fmt: skip
         ax.text(x, y, text, ha="center", va="center", fontsize=7)
     for arrow in arrows:
         (x0, y0, *_), (x1, y1, *_) = boxes[arrow[0]], boxes[arrow[1]]
-        start = (x0 + (0.8 if x1 > x0 + 1 else 0), y0 - (0.22 if y1 < y0 - 0.3 else 0))
-        end = (x1 - (0.8 if x1 > x0 + 1 else 0), y1 + (0.22 if y1 < y0 - 0.3 else 0))
+        if abs(y1 - y0) < 0.1:  # same row: side to side
+            step = half_width if x1 > x0 else -half_width
+            start, end = (x0 + step, y0), (x1 - step, y1)
+        else:
+            start, end = (x0, y0 - half_height), (x1, y1 + half_height)
         ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=8, lw=0.8,
                                      color="#333333"))  # fmt: skip
-        if len(arrow) > 2:
-            ax.text((start[0] + end[0]) / 2 + 0.05, (start[1] + end[1]) / 2, arrow[2],
-                    fontsize=6, color="#555555")  # fmt: skip
+        if len(arrow) > 2:  # a label beside a vertical arrow, above a horizontal one
+            horizontal = abs(y1 - y0) < 0.1
+            x = (start[0] + end[0]) / 2 + (0 if horizontal else 0.05)
+            y = (start[1] + end[1]) / 2 + (0.3 if horizontal else 0)
+            ax.text(x, y, arrow[2], fontsize=6, color="#555555", va="center",
+                    ha="center" if horizontal else "left")  # fmt: skip
     ax.set_title(title, fontsize=8)
     path = IMAGES / name
-    fig.savefig(path, bbox_inches="tight")
+    fig.savefig(path, bbox_inches="tight", metadata={"Date": None})  # same file on every run
     plt.close(fig)
     print(f"{path.relative_to(ROOT)}: {path.stat().st_size // 1024} KiB")
 
@@ -277,17 +294,17 @@ def head_figures() -> None:
     diagram(
         "heads-danet.svg",
         {
-            "in": (3.0, 5.2, "backbone features C (stride 8)", grey),
-            "pin": (1.5, 4.4, "3x3 conv-BN-ReLU -> C/4", blue),
-            "cin": (4.5, 4.4, "3x3 conv-BN-ReLU -> C/4", blue),
-            "pam": (1.5, 3.6, "PAM (positions)", orange),
-            "cam": (4.5, 3.6, "CAM (channels)", orange),
-            "pout": (1.5, 2.8, "3x3 conv-BN-ReLU", blue),
-            "cout": (4.5, 2.8, "3x3 conv-BN-ReLU", blue),
-            "sum": (3.0, 2.0, "sum (fused)", green),
-            "pcls": (0.9, 1.2, "dropout, 1x1 -> classes (pam)", grey),
-            "scls": (3.0, 1.2, "dropout, 1x1 -> classes (out)", grey),
-            "ccls": (5.1, 1.2, "dropout, 1x1 -> classes (cam)", grey),
+            "in": (3.3, 5.2, "backbone features C (stride 8)", grey),
+            "pin": (1.8, 4.4, "3x3 conv-BN-ReLU -> C/4", blue),
+            "cin": (4.8, 4.4, "3x3 conv-BN-ReLU -> C/4", blue),
+            "pam": (1.8, 3.6, "PAM (positions)", orange),
+            "cam": (4.8, 3.6, "CAM (channels)", orange),
+            "pout": (1.8, 2.8, "3x3 conv-BN-ReLU", blue),
+            "cout": (4.8, 2.8, "3x3 conv-BN-ReLU", blue),
+            "sum": (3.3, 2.0, "sum (fused)", green),
+            "pcls": (1.1, 1.2, "dropout, 1x1 -> classes (pam)", grey),
+            "scls": (3.3, 1.2, "dropout, 1x1 -> classes (out)", grey),
+            "ccls": (5.5, 1.2, "dropout, 1x1 -> classes (cam)", grey),
         },
         [
             ("in", "pin"),
@@ -302,7 +319,7 @@ def head_figures() -> None:
             ("pout", "pcls"),
             ("cout", "ccls"),
         ],
-        (6.0, 5.6),
+        (6.6, 5.6),
         "DANet head (DANetHead: DualAttention + classifiers); logits upsampled to the input",
     )
     diagram(
@@ -328,13 +345,13 @@ def head_figures() -> None:
     diagram(
         "heads-scaffold.svg",
         {
-            "img": (1.0, 1.0, "image (B, 3, H, W)", "#eeeeee"),
-            "bb": (3.0, 1.0, "timm backbone (dilated)", "#dbe7ff"),
-            "head": (5.0, 1.0, "attention head", "#ffe3c2"),
-            "up": (7.0, 1.0, "bilinear upsample", "#d9f2d9"),
+            "img": (1.1, 1.0, "image (B, 3, H, W)", "#eeeeee"),
+            "bb": (3.8, 1.0, "timm backbone (dilated)", "#dbe7ff"),
+            "head": (6.5, 1.0, "attention head", "#ffe3c2"),
+            "up": (9.2, 1.0, "bilinear upsample", "#d9f2d9"),
         },
         [("img", "bb"), ("bb", "head", "feature_levels"), ("head", "up")],
-        (8.0, 1.6),
+        (10.3, 1.6),
         "SegmentationModel: every model of attnblocks.models",
     )
 
