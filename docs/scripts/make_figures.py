@@ -379,7 +379,7 @@ def demo_figures(checkpoint: Path) -> None:
     from examples.transforms import denormalize, normalize
     from examples.visualize_attention import palette
 
-    model, _ = load_model(checkpoint, torch.device("cpu"))
+    model, state = load_model(checkpoint, torch.device("cpu"))
     model.eval()
     metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
     miou = metrics.get("miou", metrics.get("mIoU"))
@@ -458,7 +458,8 @@ def demo_figures(checkpoint: Path) -> None:
         for ax in axes.flat:
             ax.axis("off")
         fig.suptitle(
-            f"Demo DANet ({checkpoint.parent.name}, mIoU {miou:.3f} on 100 scenes; gamma PAM "
+            f"Demo DANet ({state.get('iteration', '?')} iterations, mIoU {miou:.3f} on 100 "
+            f"validation scenes; gamma PAM "
             f"{pam.gamma.item():.2f}, CAM {attention.cam.gamma.item():.2f})",
             fontsize=8,
         )
