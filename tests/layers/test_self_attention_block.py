@@ -12,6 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnblocks import SelfAttentionBlock
+from tests.layers.mmseg_attention_reference import (
+    mmseg_names,
+    project,
+    self_attention,
+)
 from tests.layers.test_spatial_blocks import randomise
 from tests.reference import LargestTensor, relative_error
 
@@ -51,67 +56,10 @@ def build(name, **kwargs):
     return SelfAttentionBlock(key_in, query_in, 8, out, **{**options, **kwargs})
 
 
-def _project(state, prefix, x, num_convs, with_norm):
-    """mmseg's build_project: ConvModule(conv, bn, ReLU) or plain Conv2d, one or a Sequential."""
-    for index in range(num_convs):
-        name = prefix if num_convs == 1 else f"{prefix}.{index}"
-        if with_norm:
-            bn = [state[f"{name}.bn.{leaf}"] for leaf in ("running_mean", "running_var", "weight",
-                                                          "bias")]  # fmt: skip
-            x = F.relu(F.batch_norm(F.conv2d(x, state[f"{name}.conv.weight"]), *bn))
-        else:
-            x = F.conv2d(x, state[f"{name}.weight"], state[f"{name}.bias"])
-    return x
-
-
-DEFAULTS = dict(
-    key_query_num_convs=1,
-    key_query_norm=True,
-    value_out_num_convs=1,
-    value_out_norm=False,
-    matmul_norm=True,
-    with_out=True,
-    query_downsample=None,
-    key_downsample=None,
-)  # the block's defaults, which the configurations change
-
-
-def settings(name):
-    return {**DEFAULTS, **CONFIGS[name][0]}
-
-
 def reference_self_attention(query_feats, key_feats, state, name, channels=8):
-    """mmseg's SelfAttentionBlock.forward for configuration ``name`` in ``query_feats``'s
+    """mmseg's SelfAttentionBlock.forward for configuration ``name``, in ``query_feats``'s
     dtype (``state``'s too), BN in eval mode, on mmseg's key names."""
-    cfg = settings(name)
-    kq = cfg["key_query_num_convs"], cfg["key_query_norm"]
-    vo = cfg["value_out_num_convs"], cfg["value_out_norm"]
-    query = _project(state, "query_project", query_feats, *kq)
-    if cfg["query_downsample"] is not None:
-        query = cfg["query_downsample"](query)
-    # mmseg reshapes the context to the query input's size, which only works unpooled (its
-    # releases); with a query pool this transcription keeps the pooled size.
-    height, width = query.shape[-2:]
-    key = _project(state, "key_project", key_feats, *kq)
-    value = _project(state, "value_project", key_feats, *vo)
-    if cfg["key_downsample"] is not None:
-        key, value = cfg["key_downsample"](key), cfg["key_downsample"](value)
-    query = query.reshape(*query.shape[:2], -1).permute(0, 2, 1)
-    key = key.reshape(*key.shape[:2], -1)
-    value = value.reshape(*value.shape[:2], -1).permute(0, 2, 1)
-    sim_map = torch.matmul(query, key)
-    if cfg["matmul_norm"]:
-        sim_map = channels**-0.5 * sim_map
-    context = torch.matmul(F.softmax(sim_map, dim=-1), value).permute(0, 2, 1)
-    context = context.reshape(query_feats.shape[0], -1, height, width)
-    if cfg["with_out"]:
-        context = _project(state, "out_project", context, *vo)
-    return context
-
-
-def mmseg_names(state):
-    """Our state dict under mmseg's names: conv-norm-act's ``norm`` is ConvModule's ``bn``."""
-    return {key.replace(".norm.", ".bn."): value for key, value in state.items()}
+    return self_attention(query_feats, key_feats, state, channels, **CONFIGS[name][0])
 
 
 def inputs(name, batch, height, width, seed=1, scale=1.0):
@@ -244,8 +192,8 @@ def test_attention_map_rows_are_the_reference_softmax_rows():
     maps = block.attention_map(query, [(2, 5), (5, 0)])  # keys max-pooled to 3 x 4
     assert maps.shape == (1, 2, 3, 4)
     state = mmseg_names(block.state_dict())
-    q = _project(state, "query_project", query, 1, True).flatten(2)
-    k = F.max_pool2d(_project(state, "key_project", query, 1, True), 2).flatten(2)
+    q = project(state, "query_project", query, 1, True).flatten(2)
+    k = F.max_pool2d(project(state, "key_project", query, 1, True), 2).flatten(2)
     rows = (q.transpose(1, 2) @ k * 8**-0.5).softmax(dim=-1)[:, [2 * 8 + 5, 5 * 8 + 0]]
     torch.testing.assert_close(maps.flatten(2), rows)
     pyramid = randomise(build("ann")).attention_map(*inputs("ann", 2, 5, 6)[:1], [(0, 0)],
@@ -288,15 +236,3 @@ def test_factory_kwargs_and_norm_layer():
     grouped = SelfAttentionBlock(8, 8, 4, 8, norm_layer=lambda c, **dd: nn.GroupNorm(2, c, **dd))
     assert isinstance(grouped.key_project.norm, nn.GroupNorm)
     assert grouped(torch.randn(2, 8, 3, 5)).shape == (2, 8, 3, 5)
-
-
-def test_two_inputs_compile_and_export_to_the_eager_result():
-    # One input (self-attention) is in tests/layers/test_blocks_export.py with the other blocks.
-    block = randomise(build("ann")).eval()
-    args = inputs("ann", 2, 5, 7)
-    with torch.no_grad():
-        expected = block(*args)
-        compiled = torch.compile(block, backend="aot_eager", fullgraph=True)(*args)
-        exported = torch.export.export(block, args).module()(*args)
-    torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(exported, expected, rtol=1e-5, atol=1e-6)
