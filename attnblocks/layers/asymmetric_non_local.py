@@ -219,11 +219,11 @@ class AsymmetricPyramidNonLocal(nn.Module):
         context = sum over stages of SelfAttentionBlock(query=x, key=x)  (shared key/query conv)
         out = bottleneck([context, x])     (1x1 conv, norm, activation)
 
-    State dict as mmseg's ``APNB``: ``stages.{i}.key_project.*`` listed again as
-    ``stages.{i}.query_project.*`` (one shared module), ``value_project``, ``out_project``,
-    ``bottleneck.conv``/``bottleneck.norm``. Channels first, so it builds as a timm
-    ``attn_layer`` (``AsymmetricPyramidNonLocal(channels)``); it is not an identity at
-    initialisation (the bottleneck is a conv-norm-act).
+    State dict as mmseg's ``APNB`` with one name for the shared key/query projection:
+    ``stages.{i}.key_project.*`` (mmseg lists it again as ``query_project``),
+    ``value_project``, ``out_project``, ``bottleneck.conv``/``bottleneck.norm``. Channels
+    first, so it builds as a timm ``attn_layer`` (``AsymmetricPyramidNonLocal(channels)``);
+    it is not an identity at initialisation (the bottleneck is a conv-norm-act).
 
     Shapes: ``(B, channels, H, W)`` -> ``(B, out_channels, H, W)``, any ``B, H, W``.
 

@@ -93,9 +93,11 @@ class SelfAttentionBlock(nn.Module):
     See the module docstring for the computation. The state-dict layout is mmseg's
     with conv-norm-act units named ``conv``/``norm`` where mmcv's ``ConvModule`` says
     ``conv``/``bn``: ``key_project.*``, ``query_project.*``, ``value_project.*`` and,
-    with ``with_out``, ``out_project.*``. With ``share_key_query`` the one projection is
-    registered under both ``key_project`` and ``query_project``, as in mmseg, so a
-    state dict lists it twice and loading one applies the later (``query_project``).
+    with ``with_out``, ``out_project.*``. With ``share_key_query`` there is one
+    projection, ``key_project``, and no ``query_project``; mmseg registers that module
+    under both names, so its state dicts list it twice
+    (:func:`attnblocks.compat.mmseg_self_attention_rules` maps them: the
+    ``query_project`` copy, which mmseg's loading applies last).
 
     Initialisation as mmseg's: conv-norm-act convolutions Kaiming (fan-out), norms at
     1 and 0, plain convolutions PyTorch's default, and a plain ``out_project`` zero
@@ -198,9 +200,7 @@ class SelfAttentionBlock(nn.Module):
         self.key_project = build_projection(
             key_in_channels, channels, key_query_num_convs, key_query_norm, **layers
         )
-        if share_key_query:
-            self.query_project = self.key_project  # one module, two names: mmseg's layout
-        else:
+        if not share_key_query:
             self.query_project = build_projection(
                 query_in_channels, channels, key_query_num_convs, key_query_norm, **layers
             )
@@ -270,7 +270,8 @@ class SelfAttentionBlock(nn.Module):
 
     def _queries(self, query_feats: Tensor) -> Tensor:
         """Projected (and downsampled) queries ``(B, channels, h, w)``, at least float32."""
-        query = _project_in(self.query_project, query_feats, attention_dtype(query_feats.dtype))
+        project = self.key_project if self.share_key_query else self.query_project
+        query = _project_in(project, query_feats, attention_dtype(query_feats.dtype))
         if self.query_downsample is not None:
             query = self.query_downsample(query)
             check_float_tensor("query_downsample's output", query, ("B", "C", "h", "w"))

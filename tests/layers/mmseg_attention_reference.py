@@ -16,6 +16,7 @@ from torch import Tensor
 
 #: mmseg SelfAttentionBlock's settings in attnblocks' defaults (the tests' configs change them)
 SELF_ATTENTION_DEFAULTS = dict(
+    share_key_query=False,
     key_query_num_convs=1,
     key_query_norm=True,
     value_out_num_convs=1,
@@ -66,7 +67,9 @@ def self_attention(query_feats, key_feats, state, channels, prefix="", **setting
     cfg = {**SELF_ATTENTION_DEFAULTS, **settings}
     kq = cfg["key_query_num_convs"], cfg["key_query_norm"]
     vo = cfg["value_out_num_convs"], cfg["value_out_norm"]
-    query = project(state, f"{prefix}query_project", query_feats, *kq)
+    # mmseg's query_project IS its key_project when shared (one module under two names)
+    query_name = "key_project" if cfg["share_key_query"] else "query_project"
+    query = project(state, f"{prefix}{query_name}", query_feats, *kq)
     if cfg["query_downsample"] is not None:
         query = cfg["query_downsample"](query)
     # mmseg reshapes the context to the query input's size, which only works unpooled (its
@@ -101,14 +104,12 @@ def afnb(low, high, state, channels, key_pool_scales, num_stages=1):
 
 
 def apnb(x, state, channels, key_pool_scales, num_stages=1):
-    """mmseg's APNB: summed shared-key/query stages on ``x``, ConvModule with act.
-
-    The shared projection reads ``query_project.*`` for queries and ``key_project.*`` for
-    keys: equal tensors in a real state dict (one module under two names).
-    """
+    """mmseg's APNB: summed shared-key/query stages on ``x``, ConvModule with act."""
     pool = lambda t: pyramid_pool(t, key_pool_scales)  # noqa: E731
     priors = [
-        self_attention(x, x, state, channels, f"stages.{i}.", key_downsample=pool)
+        self_attention(
+            x, x, state, channels, f"stages.{i}.", key_downsample=pool, share_key_query=True
+        )
         for i in range(num_stages)
     ]
     context = torch.stack(priors, dim=0).sum(dim=0)
