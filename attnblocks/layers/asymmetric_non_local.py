@@ -30,6 +30,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .._validation import check_feature_map, check_positive_int
+from ._inplace import safe_for_inplace
 from .conv_norm_act import ConvNormAct, LayerFactory
 from .self_attention_block import SelfAttentionBlock
 
@@ -279,7 +280,7 @@ class AsymmetricPyramidNonLocal(nn.Module):
         """Apply the block to ``x`` of shape ``(B, channels, H, W)``."""
         check_feature_map(x, self.channels, type(self).__name__)
         context = sum(stage(x) for stage in self.stages)
-        return self.bottleneck(torch.cat([context, x], dim=1))
+        return safe_for_inplace(self.bottleneck(torch.cat([context, x], dim=1)))
 
     @torch.no_grad()
     def attention_map(self, x: Tensor, points: Sequence[tuple[int, int]] | Tensor) -> Tensor:

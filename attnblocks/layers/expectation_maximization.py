@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .._validation import check_feature_map, check_positive_int
 from ..functional._precision import attention_dtype, autocast_disabled
+from ._inplace import safe_for_inplace
 from ._points import check_points
 from .conv_norm_act import ConvNormAct, LayerFactory
 
@@ -180,7 +181,7 @@ class ExpectationMaximizationAttention(nn.Module):
         recon = rearrange(recon, "b c (h w) -> b c h w", h=height, w=width).to(x.dtype)
         if self.training:
             self._update_bases(bases)
-        return F.relu(x + self.out_conv(F.relu(recon)))
+        return safe_for_inplace(F.relu(x + self.out_conv(F.relu(recon))))
 
     @torch.no_grad()
     def attention_map(self, x: Tensor, points: Sequence[tuple[int, int]] | Tensor) -> Tensor:

@@ -29,6 +29,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .._validation import check_feature_map, check_positive_int
+from ._inplace import safe_for_inplace
 from ._points import check_points
 from .conv_norm_act import ConvNormAct, LayerFactory
 from .self_attention_block import SelfAttentionBlock
@@ -158,7 +159,7 @@ class InterlacedSparseSelfAttention(nn.Module):
         x = rearrange(x, "(b lh lw) c gh gw -> (b gh gw) c lh lw", b=batch, lh=loc_h, lw=loc_w)
         x = self.local_relation(x)
         x = rearrange(x, "(b gh gw) c lh lw -> b c (gh lh) (gw lw)", b=batch, gh=glb_h, gw=glb_w)
-        return x[:, :, top : top + height, left : left + width]
+        return safe_for_inplace(x[:, :, top : top + height, left : left + width])
 
     @torch.no_grad()
     def attention_map(
