@@ -219,12 +219,14 @@ class SelfAttentionBlock(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, zero_init_last: bool = True) -> None:
-        """mmseg's initialisation (see the class docstring).
+        """mmseg's initialisation of the projections (see the class docstring); the
+        downsample modules are left as they are.
 
         Args:
             zero_init_last: zero a plain ``out_project``.
         """
-        for module in self.modules():
+        projections = [m for name, m in self.named_children() if name.endswith("_project")]
+        for module in (layer for projection in projections for layer in projection.modules()):
             if isinstance(module, ConvNormAct):
                 nn.init.kaiming_normal_(module.conv.weight, mode="fan_out", nonlinearity="relu")
                 if getattr(module.norm, "weight", None) is not None:
