@@ -10,11 +10,16 @@ https://arxiv.org/abs/1809.02983
 from .layers import (
     CAM,
     PAM,
+    AsymmetricFusionNonLocal,
+    AsymmetricPyramidNonLocal,
     ContextBlock,
     CrissCrossAttention,
     DualAttention,
     DualAttentionOutput,
+    ExpectationMaximizationAttention,
+    InterlacedSparseSelfAttention,
     NonLocal2d,
+    SelfAttentionBlock,
 )
 
 __version__ = "0.1.0"
@@ -22,10 +27,15 @@ __version__ = "0.1.0"
 __all__ = [
     "CAM",
     "PAM",
+    "AsymmetricFusionNonLocal",
+    "AsymmetricPyramidNonLocal",
     "ContextBlock",
     "CrissCrossAttention",
     "DualAttention",
     "DualAttentionOutput",
+    "ExpectationMaximizationAttention",
+    "InterlacedSparseSelfAttention",
     "NonLocal2d",
+    "SelfAttentionBlock",
     "__version__",
 ]

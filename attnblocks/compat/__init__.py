@@ -13,6 +13,8 @@ key in one ``ValueError``. Sources so far:
 - ``mmseg.py``: mmsegmentation's segmentors on ResNetV1c (``MMSEG_DANET``,
   ``MMSEG_CCNET``), with the helpers that read its checkpoints and infer backbone depth
   and classes.
+- ``mmseg_self_attention.py``: mmseg's ``SelfAttentionBlock`` and the heads built on it
+  (``MMSEG_ANNNET``, ``MMSEG_ISANET``, ``MMSEG_EMANET``).
 
 Adding a source is adding a table, in a file named after the source:
 
@@ -58,6 +60,18 @@ from .mmseg import (
     mmseg_segmentor_key_map,
     read_mmseg_checkpoint,
 )
+from .mmseg_self_attention import (
+    MMSEG_ANNHEAD_RULES,
+    MMSEG_ANNNET,
+    MMSEG_EMAHEAD_RULES,
+    MMSEG_EMANET,
+    MMSEG_ISAHEAD_RULES,
+    MMSEG_ISANET,
+    check_mmseg_shared_key_query,
+    mmseg_decode_head_settings,
+    mmseg_projection_rules,
+    mmseg_self_attention_rules,
+)
 from .original import (
     ORIGINAL_DANET,
     ORIGINAL_DANET_HEAD,
@@ -72,16 +86,23 @@ __all__ = [
     "MMCV_CRISS_CROSS",
     "MMCV_CRISS_CROSS_RULES",
     "MMCV_NON_LOCAL",
+    "MMSEG_ANNHEAD_RULES",
+    "MMSEG_ANNNET",
     "MMSEG_CCHEAD_RULES",
     "MMSEG_CCNET",
     "MMSEG_DAHEAD_RULES",
     "MMSEG_DANET",
+    "MMSEG_EMAHEAD_RULES",
+    "MMSEG_EMANET",
+    "MMSEG_ISAHEAD_RULES",
+    "MMSEG_ISANET",
     "MMSEG_RESNET_V1C_RULES",
     "ORIGINAL_DANET",
     "ORIGINAL_DANET_HEAD",
     "ORIGINAL_DANET_HEAD_RULES",
     "KeyMap",
     "Rename",
+    "check_mmseg_shared_key_query",
     "conv_module_rules",
     "convert_mmseg_danet_state_dict",
     "convert_original_head_state_dict",
@@ -91,8 +112,11 @@ __all__ = [
     "load_state_dict_strictly",
     "mmcv_key_map",
     "mmseg_backbone_name",
+    "mmseg_decode_head_settings",
     "mmseg_num_classes",
+    "mmseg_projection_rules",
     "mmseg_segmentor_key_map",
+    "mmseg_self_attention_rules",
     "prefixed",
     "read_checkpoint",
     "read_mmseg_checkpoint",

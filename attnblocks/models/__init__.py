@@ -1,21 +1,30 @@
 """Segmentation models built from the attention blocks, on one shared scaffold (``base.py``)."""
 
 from ._hub import HUB_AVAILABLE
+from .annnet import ANNNet, ANNNetHead
 from .backbone import apply_multi_grid, create_backbone
 from .base import MMSEG_MODELS, SegmentationModel, main_logits
 from .ccnet import CCNet, CCNetHead
 from .danet import DANet
 from .danet_head import DANetHead, DANetOutput
+from .emanet import EMANet, EMANetHead
+from .isanet import ISANet, ISANetHead
 from .registry import from_mmseg, mmseg_model_class
 
 __all__ = [
     "HUB_AVAILABLE",
     "MMSEG_MODELS",
+    "ANNNet",
+    "ANNNetHead",
     "CCNet",
     "CCNetHead",
     "DANet",
     "DANetHead",
     "DANetOutput",
+    "EMANet",
+    "EMANetHead",
+    "ISANet",
+    "ISANetHead",
     "SegmentationModel",
     "apply_multi_grid",
     "create_backbone",

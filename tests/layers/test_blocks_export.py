@@ -5,7 +5,14 @@ from functools import partial
 import pytest
 import torch
 
-from attnblocks import ContextBlock, CrissCrossAttention, NonLocal2d
+from attnblocks import (
+    AsymmetricPyramidNonLocal,
+    ContextBlock,
+    CrissCrossAttention,
+    ExpectationMaximizationAttention,
+    InterlacedSparseSelfAttention,
+    NonLocal2d,
+)
 from tests.layers.test_spatial_blocks import randomise
 
 BLOCKS = {
@@ -17,6 +24,11 @@ BLOCKS = {
     "non_local_dot_product": partial(NonLocal2d, mode="dot_product"),
     "non_local_concatenation": partial(NonLocal2d, mode="concatenation", sub_sample=True),
     "context": partial(ContextBlock, fusion=("channel_add", "channel_mul")),
+    # SelfAttentionBlock: through ISA (one input) here, AFNB (two) in test_asymmetric_non_local
+    "ann_pyramid": partial(AsymmetricPyramidNonLocal, key_pool_scales=(1, 2)),
+    # 9 x 11 maps pad to 12 x 12 (4 x 3 groups of 3 x 4)
+    "isa": partial(InterlacedSparseSelfAttention, down_factor=(3, 4)),
+    "ema": partial(ExpectationMaximizationAttention, num_bases=8),
 }
 
 

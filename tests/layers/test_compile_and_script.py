@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from attnblocks import CAM, PAM
+from attnblocks import CAM, PAM, SelfAttentionBlock
 from tests.reference import relative_error
 
 SIZES = [
@@ -37,6 +37,19 @@ def test_pam_compiles_as_one_graph_with_every_backend(backend):
     compiled = torch.compile(pam, backend="aot_eager", fullgraph=True)
     x = torch.randn(2, 16, 5, 7, generator=torch.Generator().manual_seed(0))
     expected_out, expected_grads = output_and_grads(pam, x)
+    out, grads = output_and_grads(compiled, x)
+    assert relative_error(out, expected_out) < 1e-6
+    for grad, expected in zip(grads, expected_grads):
+        assert relative_error(grad, expected) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["chunked", "sdpa"])
+def test_self_attention_block_compiles_as_one_graph_with_the_efficient_backends(backend):
+    torch._dynamo.reset()
+    block = SelfAttentionBlock(16, 16, 8, 16, backend=backend, chunk_size=8, zero_init_last=False)
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 16, 5, 7, generator=torch.Generator().manual_seed(0))
+    expected_out, expected_grads = output_and_grads(block, x)
     out, grads = output_and_grads(compiled, x)
     assert relative_error(out, expected_out) < 1e-6
     for grad, expected in zip(grads, expected_grads):

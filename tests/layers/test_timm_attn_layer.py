@@ -6,7 +6,16 @@ import pytest
 import timm
 import torch
 
-from attnblocks import CAM, PAM, ContextBlock, CrissCrossAttention, NonLocal2d
+from attnblocks import (
+    CAM,
+    PAM,
+    AsymmetricPyramidNonLocal,
+    ContextBlock,
+    CrissCrossAttention,
+    ExpectationMaximizationAttention,
+    InterlacedSparseSelfAttention,
+    NonLocal2d,
+)
 
 
 @pytest.mark.parametrize(
@@ -23,6 +32,10 @@ from attnblocks import CAM, PAM, ContextBlock, CrissCrossAttention, NonLocal2d
             partial(ContextBlock, zero_init_last=False, fusion=("channel_add", "channel_mul")),
             ContextBlock,
         ),
+        (partial(AsymmetricPyramidNonLocal, zero_init_last=False), AsymmetricPyramidNonLocal),
+        # (1, 2): even layer4's 2 x 2 maps leave two pixels in every group, so q/k get gradients
+        (partial(InterlacedSparseSelfAttention, down_factor=(1, 2)), InterlacedSparseSelfAttention),
+        (partial(ExpectationMaximizationAttention, num_bases=8), ExpectationMaximizationAttention),
     ],
     ids=[
         "CAM",
@@ -30,6 +43,9 @@ from attnblocks import CAM, PAM, ContextBlock, CrissCrossAttention, NonLocal2d
         "CrissCross",
         *(f"NonLocal-{m}" for m in ("eg", "g", "dot", "cat")),
         "Context",
+        "APNB",
+        "ISA",
+        "EMA",
     ],
 )
 def test_resnet18_with_attention_in_every_block(attn_layer, block_type):
@@ -46,4 +62,5 @@ def test_resnet18_with_attention_in_every_block(attn_layer, block_type):
     logits.square().sum().backward()
     for index, block in enumerate(blocks):
         for name, param in block.named_parameters():
-            assert param.grad is not None and param.grad.abs().sum() > 0, (index, name)
+            if param.requires_grad:  # EMA's in_conv is frozen (it feeds only gradient-free EM)
+                assert param.grad is not None and param.grad.abs().sum() > 0, (index, name)
