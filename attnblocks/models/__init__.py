@@ -6,6 +6,7 @@ from .base import MMSEG_MODELS, SegmentationModel, main_logits
 from .ccnet import CCNet, CCNetHead
 from .danet import DANet
 from .danet_head import DANetHead, DANetOutput
+from .hrnet import use_bilinear_fusion
 from .registry import from_mmseg, mmseg_model_class
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "from_mmseg",
     "main_logits",
     "mmseg_model_class",
+    "use_bilinear_fusion",
 ]
