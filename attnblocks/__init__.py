@@ -15,6 +15,7 @@ from .layers import (
     DualAttention,
     DualAttentionOutput,
     NonLocal2d,
+    SelfAttentionBlock,
 )
 
 __version__ = "0.1.0"
@@ -27,5 +28,6 @@ __all__ = [
     "DualAttention",
     "DualAttentionOutput",
     "NonLocal2d",
+    "SelfAttentionBlock",
     "__version__",
 ]

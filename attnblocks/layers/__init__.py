@@ -7,6 +7,7 @@ from .criss_cross import CrissCrossAttention
 from .dual_attention import DualAttention, DualAttentionOutput
 from .non_local import NonLocal2d
 from .pam import PAM
+from .self_attention_block import SelfAttentionBlock
 
 __all__ = [
     "CAM",
@@ -17,4 +18,5 @@ __all__ = [
     "DualAttention",
     "DualAttentionOutput",
     "NonLocal2d",
+    "SelfAttentionBlock",
 ]
