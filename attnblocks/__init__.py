@@ -1,7 +1,7 @@
 """attnblocks: pluggable attention blocks for CNNs.
 
-DANet's PAM and CAM, CCNet's criss-cross attention, the non-local block and GCNet's
-global context block.
+DANet's PAM and CAM, CCNet's criss-cross attention, the non-local block, GCNet's
+global context block and OCRNet's object-contextual blocks.
 
 Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
 https://arxiv.org/abs/1809.02983
@@ -15,7 +15,9 @@ from .layers import (
     DualAttention,
     DualAttentionOutput,
     NonLocal2d,
+    ObjectContextBlock,
     SelfAttentionBlock,
+    SpatialGather,
 )
 
 __version__ = "0.1.0"
@@ -28,6 +30,8 @@ __all__ = [
     "DualAttention",
     "DualAttentionOutput",
     "NonLocal2d",
+    "ObjectContextBlock",
     "SelfAttentionBlock",
+    "SpatialGather",
     "__version__",
 ]

@@ -6,6 +6,7 @@ from .conv_norm_act import ConvNormAct
 from .criss_cross import CrissCrossAttention
 from .dual_attention import DualAttention, DualAttentionOutput
 from .non_local import NonLocal2d
+from .object_context import ObjectContextBlock, SpatialGather
 from .pam import PAM
 from .self_attention_block import SelfAttentionBlock
 
@@ -18,5 +19,7 @@ __all__ = [
     "DualAttention",
     "DualAttentionOutput",
     "NonLocal2d",
+    "ObjectContextBlock",
     "SelfAttentionBlock",
+    "SpatialGather",
 ]
