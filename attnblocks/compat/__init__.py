@@ -13,6 +13,8 @@ key in one ``ValueError``. Sources so far:
 - ``mmseg.py``: mmsegmentation's segmentors on ResNetV1c (``MMSEG_DANET``,
   ``MMSEG_CCNET``), with the helpers that read its checkpoints and infer backbone depth
   and classes.
+- ``mmseg_ocr.py``: mmsegmentation's OCRNet cascade on ResNetV1c or HRNetV2
+  (``MMSEG_OCRNET``).
 
 Adding a source is adding a table, in a file named after the source:
 
@@ -58,6 +60,12 @@ from .mmseg import (
     mmseg_segmentor_key_map,
     read_mmseg_checkpoint,
 )
+from .mmseg_ocr import (
+    MMSEG_HRNET_RULES,
+    MMSEG_OBJECT_ATTENTION_RULES,
+    MMSEG_OCR_CASCADE_RULES,
+    MMSEG_OCRNET,
+)
 from .original import (
     ORIGINAL_DANET,
     ORIGINAL_DANET_HEAD,
@@ -76,6 +84,10 @@ __all__ = [
     "MMSEG_CCNET",
     "MMSEG_DAHEAD_RULES",
     "MMSEG_DANET",
+    "MMSEG_HRNET_RULES",
+    "MMSEG_OBJECT_ATTENTION_RULES",
+    "MMSEG_OCRNET",
+    "MMSEG_OCR_CASCADE_RULES",
     "MMSEG_RESNET_V1C_RULES",
     "ORIGINAL_DANET",
     "ORIGINAL_DANET_HEAD",

@@ -7,6 +7,7 @@ from .ccnet import CCNet, CCNetHead
 from .danet import DANet
 from .danet_head import DANetHead, DANetOutput
 from .hrnet import use_bilinear_fusion
+from .ocrnet import OCRNet, OCRNetHead, OCRNetOutput
 from .registry import from_mmseg, mmseg_model_class
 
 __all__ = [
@@ -17,6 +18,9 @@ __all__ = [
     "DANet",
     "DANetHead",
     "DANetOutput",
+    "OCRNet",
+    "OCRNetHead",
+    "OCRNetOutput",
     "SegmentationModel",
     "apply_multi_grid",
     "create_backbone",
