@@ -124,12 +124,18 @@ def test_output_stride_16_and_bad_arguments():
         head([torch.randn(1, 8, 5, 5), torch.randn(1, 12, 3, 3)])
 
 
-def test_torch_export_of_an_hrnet_ocrnet(hrnet):
-    hrnet.eval()
-    images = torch.randn(1, 3, 45, 61, generator=torch.Generator().manual_seed(1))
+def test_torch_export_of_hrnets_bilinear_fusion(hrnet):
+    """The fusion that replaces timm's (hrnet.py) exports; the OCR blocks' export is tested
+    with them (tests/layers/test_object_context.py)."""
+    fusion = hrnet.backbone.stage4[0].eval()  # four branches, odd sizes: resized after upsampling
+    gen = torch.Generator().manual_seed(1)
+    sizes = [(11, 15), (6, 8), (3, 4), (2, 2)]
+    branches = [
+        torch.randn(1, c, *size, generator=gen) for c, size in zip((16, 32, 64, 128), sizes)
+    ]
     with torch.no_grad():
-        expected = hrnet(images)
-        exported = torch.export.export(hrnet, (images,)).module()(images)
+        expected = fusion(list(branches))
+        exported = torch.export.export(fusion, (list(branches),)).module()(list(branches))
     for ours, reference in zip(exported, expected):
         torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
 
