@@ -1,7 +1,7 @@
 """attnblocks: pluggable attention blocks for CNNs.
 
-DANet's PAM and CAM, CCNet's criss-cross attention, the non-local block and GCNet's
-global context block.
+DANet's PAM and CAM, CCNet's criss-cross attention, the non-local block, GCNet's
+global context block and OCRNet's object-contextual blocks.
 
 Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
 https://arxiv.org/abs/1809.02983
@@ -19,7 +19,9 @@ from .layers import (
     ExpectationMaximizationAttention,
     InterlacedSparseSelfAttention,
     NonLocal2d,
+    ObjectContextBlock,
     SelfAttentionBlock,
+    SpatialGather,
 )
 
 __version__ = "0.1.0"
@@ -36,6 +38,8 @@ __all__ = [
     "ExpectationMaximizationAttention",
     "InterlacedSparseSelfAttention",
     "NonLocal2d",
+    "ObjectContextBlock",
     "SelfAttentionBlock",
+    "SpatialGather",
     "__version__",
 ]

@@ -15,6 +15,8 @@ key in one ``ValueError``. Sources so far:
   and classes.
 - ``mmseg_self_attention.py``: mmseg's ``SelfAttentionBlock`` and the heads built on it
   (``MMSEG_ANNNET``, ``MMSEG_ISANET``, ``MMSEG_EMANET``).
+- ``mmseg_ocr.py``: mmsegmentation's OCRNet cascade on ResNetV1c or HRNetV2
+  (``MMSEG_OCRNET``).
 
 Adding a source is adding a table, in a file named after the source:
 
@@ -60,6 +62,12 @@ from .mmseg import (
     mmseg_segmentor_key_map,
     read_mmseg_checkpoint,
 )
+from .mmseg_ocr import (
+    MMSEG_HRNET_RULES,
+    MMSEG_OBJECT_ATTENTION_RULES,
+    MMSEG_OCR_CASCADE_RULES,
+    MMSEG_OCRNET,
+)
 from .mmseg_self_attention import (
     MMSEG_ANNHEAD_RULES,
     MMSEG_ANNNET,
@@ -94,8 +102,12 @@ __all__ = [
     "MMSEG_DANET",
     "MMSEG_EMAHEAD_RULES",
     "MMSEG_EMANET",
+    "MMSEG_HRNET_RULES",
     "MMSEG_ISAHEAD_RULES",
     "MMSEG_ISANET",
+    "MMSEG_OBJECT_ATTENTION_RULES",
+    "MMSEG_OCRNET",
+    "MMSEG_OCR_CASCADE_RULES",
     "MMSEG_RESNET_V1C_RULES",
     "ORIGINAL_DANET",
     "ORIGINAL_DANET_HEAD",

@@ -13,6 +13,7 @@ from .dual_attention import DualAttention, DualAttentionOutput
 from .expectation_maximization import ExpectationMaximizationAttention
 from .interlaced_sparse_attention import InterlacedSparseSelfAttention, ISAAttentionMaps
 from .non_local import NonLocal2d
+from .object_context import ObjectContextBlock, SpatialGather
 from .pam import PAM
 from .self_attention_block import SelfAttentionBlock
 
@@ -30,6 +31,8 @@ __all__ = [
     "ISAAttentionMaps",
     "InterlacedSparseSelfAttention",
     "NonLocal2d",
+    "ObjectContextBlock",
     "PyramidPooling",
     "SelfAttentionBlock",
+    "SpatialGather",
 ]

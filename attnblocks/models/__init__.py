@@ -8,7 +8,9 @@ from .ccnet import CCNet, CCNetHead
 from .danet import DANet
 from .danet_head import DANetHead, DANetOutput
 from .emanet import EMANet, EMANetHead
+from .hrnet import use_bilinear_fusion
 from .isanet import ISANet, ISANetHead
+from .ocrnet import OCRNet, OCRNetHead, OCRNetOutput
 from .registry import from_mmseg, mmseg_model_class
 
 __all__ = [
@@ -25,10 +27,14 @@ __all__ = [
     "EMANetHead",
     "ISANet",
     "ISANetHead",
+    "OCRNet",
+    "OCRNetHead",
+    "OCRNetOutput",
     "SegmentationModel",
     "apply_multi_grid",
     "create_backbone",
     "from_mmseg",
     "main_logits",
     "mmseg_model_class",
+    "use_bilinear_fusion",
 ]

@@ -1,10 +1,12 @@
 """Dilated backbones from timm for segmentation, with DANet's multi-grid option.
 
 timm builds the network (``features_only=True, output_stride=8|16``); the only
-change made here is the multi-grid dilation of the last stage that the authors'
-released DANet uses. ImageNet weights come from a local file, checked key by key, or
-from the Hugging Face hub, where an unreachable hub or ``HF_HUB_OFFLINE`` fails at once
-instead of after the hub client's retries.
+changes made here are the multi-grid dilation of the last stage that the authors'
+released DANet uses and, for HRNet (which keeps a stride-4 branch instead of dilating:
+no output stride), mmseg's bilinear fusion of its branches (``hrnet.py``). ImageNet
+weights come from a local file, checked key by key, or from the Hugging Face hub, where
+an unreachable hub or ``HF_HUB_OFFLINE`` fails at once instead of after the hub client's
+retries.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 
 from .._validation import check_positive_int
 from ..compat._keymap import state_dict_problems
+from .hrnet import is_hrnet, use_bilinear_fusion
 
 OutputStride = Literal[8, 16]
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16)
@@ -65,7 +68,7 @@ def apply_multi_grid(backbone: nn.Module, dilations: Sequence[int], name: str = 
 
 def create_backbone(
     name: str,
-    output_stride: OutputStride = 8,
+    output_stride: OutputStride | None = 8,
     multi_grid: Sequence[int] | None = None,
     pretrained: bool = False,
     weights: str | Path | None = None,
@@ -76,8 +79,11 @@ def create_backbone(
     Args:
         name: any timm model name that supports ``features_only`` and ``output_stride``
             (ResNet incl. ``resnet50s``/``resnet101s``, ResNeSt, RegNet, MobileNetV3,
-            EfficientNet...).
-        output_stride: 8 or 16; the last stages are dilated instead of strided.
+            EfficientNet...), or an HRNet (``hrnet_w18_small_v2``, ``hrnet_w18``...).
+        output_stride: 8 or 16; the last stages are dilated instead of strided. None:
+            timm's own strides; HRNets (``hrnet_w18``...) take only None: their four
+            branches (strides 4 to 32, ``feature_location=""``) are built with mmseg's
+            bilinear fusion (:func:`~attnblocks.models.hrnet.use_bilinear_fusion`).
         multi_grid: per-block dilations of the last stage (see :func:`apply_multi_grid`).
         pretrained: load timm's ImageNet weights (downloads them through timm).
         weights: path of a local file with the classifier's state dict (timm's key
@@ -93,18 +99,29 @@ def create_backbone(
         output channel count, and ``model(x)[-1]`` the ``(B, C, H/os, W/os)`` features.
 
     Raises:
-        ValueError: ``weights`` do not fit the model (keys or shapes).
+        ValueError: ``weights`` do not fit the model (keys or shapes), or an output
+            stride for an HRNet.
         RuntimeError: ``pretrained`` weights cannot be fetched: the hub is out of reach
             (after one attempt) or ``HF_HUB_OFFLINE`` is set and they are not cached.
     """
-    if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
+    if output_stride is not None and output_stride not in OUTPUT_STRIDES:
+        raise ValueError(
+            f"output_stride must be 8 or 16, got {output_stride!r} (None: timm's own strides)"
+        )
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}; see timm.list_models()")
+    hrnet = is_hrnet(name)
+    if hrnet and output_stride is not None:
+        raise ValueError(
+            f"{name!r} is an HRNet, which keeps a stride-4 branch and cannot be dilated: pass "
+            f"output_stride=None, got {output_stride!r}"
+        )
     # The last stage by default; timm_kwargs may pick an earlier one, e.g. out_indices=(2,).
-    options: dict[str, Any] = dict(
-        features_only=True, output_stride=output_stride, out_indices=(-1,)
-    )
+    options: dict[str, Any] = dict(features_only=True, out_indices=(-1,))
+    if output_stride is not None:
+        options.update(output_stride=output_stride)
+    if hrnet:
+        options.update(feature_location="")  # the raw branches, not the classifier's incre maps
     options.update(timm_kwargs)
     if weights is not None:
         path = Path(weights)
@@ -129,11 +146,14 @@ def create_backbone(
         ) from error
     if multi_grid is not None:
         apply_multi_grid(backbone, multi_grid, name)
+    if hrnet:
+        use_bilinear_fusion(backbone)
     return backbone
 
 
 # timm_kwargs that shape the features wrapper or the stem's input, not the weights' keys
-_FEATURE_KWARGS = ("out_indices", "feature_cls", "feature_cfg", "flatten_sequential", "in_chans")
+_FEATURE_KWARGS = ("out_indices", "feature_cls", "feature_cfg", "flatten_sequential", "in_chans",
+                   "feature_location")  # fmt: skip
 
 
 def _check_weights_fit(name: str, path: Path, timm_kwargs: Mapping[str, Any]) -> None:
