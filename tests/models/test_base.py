@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,18 @@ def test_predict_image_slides_the_configs_window_unless_told_otherwise():
     flipped = predict_labels(model, normalised(), flip=True, scales=(1.0, 0.5))[0]
     assert torch.equal(model.predict_image(IMAGE, crop_size=None, flip=True, scales=(1.0, 0.5)),
                        flipped)  # fmt: skip
+
+
+def test_predict_image_takes_a_read_only_array_without_a_warning():
+    from PIL import Image
+
+    model = small_danet()
+    pixels = np.asarray(Image.fromarray(IMAGE))  # numpy's view of a PIL image is read-only
+    assert not pixels.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "The given NumPy array is not writable"
+        labels = model.predict_image(pixels)
+    assert torch.equal(labels, model.predict_image(IMAGE))
 
 
 def test_predict_image_needs_an_rgb_model():
