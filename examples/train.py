@@ -212,7 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=non_negative_int,
         metavar="K",
         help="take the features of backbone stage K instead of the last (synthetic default: 2, "
-        "resnet18's stride-8 stage, whose receptive field is smaller than the image)",
+        "resnet18's stride-8 stage, whose receptive field is smaller than the image; a head "
+        "that reads several levels takes them all)",
     )
     add("--pretrained-backbone", action="store_true", help="timm's ImageNet weights (download)")
     add("--backbone-weights", type=Path, help="local file of the backbone's ImageNet weights")
