@@ -1,19 +1,20 @@
-"""README's Python examples run as written, each alone in a fresh process, as a reader would.
+"""README's Python examples run as written, each alone in its own process, as a reader would.
 
 A block preceded by ``<!-- not run by tests/test_readme.py: why -->`` needs what users
 bring (the authors' checkpoints, mmcv weights) or a download; tests elsewhere cover it.
-Every other block runs by itself (no names from an earlier block) in a folder that
-holds what the blocks read: each released ``.pth`` file they name, made from the mmseg
-fixture of its model (DANet's or CCNet's fill-rule weights), and each image they name.
+Every other block runs by itself (no names from an earlier block, see
+``tests/readme_runner.py``) in a folder that holds what the blocks read: each released
+``.pth`` file they name, made from the mmseg fixture of its model (DANet's or CCNet's
+fill-rule weights), and each image they name.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,22 +58,27 @@ def readers_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def block_runs(readers_folder) -> dict[int, subprocess.CompletedProcess]:
-    """Every runnable block run alone in its own fresh process, one per CPU at a time.
+def block_runs(readers_folder) -> dict[int, tuple[int, str]]:
+    """Every runnable block's exit status and output, each block alone in its own process.
 
-    Each process gets one thread (OMP_NUM_THREADS=1): the blocks share the CPUs instead.
+    ``tests/readme_runner.py``, a fresh interpreter, imports torch, timm and attnblocks
+    once and forks a child per block (one per CPU at a time, one thread each), which runs
+    the block in a namespace of its own.
     """
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     environment = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-
-    def run(code: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", code], cwd=readers_folder, env=environment,
-                              capture_output=True, text=True, timeout=900)  # fmt: skip
-
-    workers = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {index: pool.submit(run, code) for index, code in RUNNABLE}
-        return {index: future.result() for index, future in futures.items()}
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "readme_runner.py"), str(workers)],
+        input=json.dumps(RUNNABLE), cwd=readers_folder, env=environment, capture_output=True,
+        text=True, timeout=1800,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    statuses = {int(index): status for index, status in json.loads(result.stdout).items()}
+    return {
+        index: (statuses[index], (readers_folder / f"block-{index}.log").read_text())
+        for index, _ in RUNNABLE
+    }
 
 
 def test_the_readme_has_runnable_and_explained_blocks():
@@ -81,6 +87,18 @@ def test_the_readme_has_runnable_and_explained_blocks():
 
 @pytest.mark.parametrize("index", [i for i, _ in RUNNABLE],
                          ids=[f"{i}-{_first_line(code)}" for i, code in RUNNABLE])  # fmt: skip
-def test_each_block_runs_alone_in_a_fresh_process(index, block_runs):
-    result = block_runs[index]
-    assert result.returncode == 0, f"README.md python block {index}:\n{result.stderr[-3000:]}"
+def test_each_block_runs_alone_in_its_own_process(index, block_runs):
+    status, output = block_runs[index]
+    assert status == 0, f"README.md python block {index}:\n{output[-3000:]}"
+
+
+def test_a_block_using_an_earlier_blocks_name_fails(readers_folder):
+    """The runner's namespaces are the blocks' own: the check above can fail."""
+    blocks = [[0, "import torch\nx = torch.ones(1)"], [1, "print(x)"]]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "readme_runner.py"), "1"], input=json.dumps(blocks),
+        cwd=readers_folder, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert json.loads(result.stdout) == {"0": 0, "1": 1}
+    assert "NameError: name 'x' is not defined" in (readers_folder / "block-1.log").read_text()
