@@ -331,8 +331,10 @@ def default_stem(device: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add("--blocks", nargs="+", default=["pam", "cam"], choices=["pam", "cam"])
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when there is one)")  # fmt: skip
+    add("--blocks", nargs="+", default=["pam", "cam"], choices=["pam", "cam"],
+        help="the blocks to time: PAM (position) and/or CAM (channel)")  # fmt: skip
     add("--backends", nargs="+", default=list(PAM_BACKENDS), choices=PAM_BACKENDS,
         help="backends to run (CAM runs only bmm and auto)")  # fmt: skip
     add("--chunk-sizes", nargs="*", type=int, default=[256, 1024],
@@ -340,19 +342,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--sizes", nargs="+", type=int, default=FULL_SIZES, help="numbers of positions N")
     add("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES),
         help="float32, or autocast to float16/bfloat16")  # fmt: skip
-    add("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
+    add("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"],
+        help="forward only, and/or forward + backward (train)")  # fmt: skip
     add("--value-path", default="measured", choices=["measured", "low", "float32"],
         help="value path of chunked/sdpa under autocast: the package's rule (measured), or "
              "forced to the low-precision dtype or to float32")  # fmt: skip
-    add("--channels", type=int, default=512)
-    add("--batch", type=int, default=1)
-    add("--repeats", type=int, default=3)
+    add("--channels", type=int, default=512, help="channels C of the feature map")
+    add("--batch", type=int, default=1, help="images per batch")
+    add("--repeats", type=int, default=3, help="timed runs per case (the median is reported)")
     add("--long-case-seconds", type=float, default=5.0,
         help="a case whose warm-up takes longer is timed by that one run")  # fmt: skip
     add("--give-up-seconds", type=float, default=150.0,
         help="skip larger N for a configuration once a case took longer")  # fmt: skip
     add("--quick", action="store_true",
-        help="small sizes, float32, default chunks: under 2 minutes on 2 CPU cores")  # fmt: skip
+        help="small sizes, float32, default chunks: a smoke test (minutes on a CPU)")  # fmt: skip
     add("--out", type=Path, default=default_out_dir(),
         help="default runs/benchmarks; the committed tables: benchmarks/results")  # fmt: skip
     add("--stem", help="output file name stem (default: from device and torch version)")

@@ -273,9 +273,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--blocks", nargs="*", help="only these blocks of the suite (criss_cross, context, ...)")
-    add("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
-    add("--batch", type=int, default=1)
-    add("--repeats", type=int, default=3)
+    add("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS,
+        help="whose blocks: this package's, mmcv's (if installed), the N x N one")  # fmt: skip
+    add("--batch", type=int, default=1, help="images per batch")
+    add("--repeats", type=int, default=3, help="timed runs per case (the median is reported)")
     add("--long-case-seconds", type=float, default=5.0,
         help="a case whose warm-up takes longer is timed by that one run")  # fmt: skip
     add("--memory-cap-gib", type=float, default=3.0,

@@ -200,16 +200,20 @@ def parse_size(text: str) -> tuple[int, int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add("--backbones", nargs="+", default=["resnet50", "resnet101"])
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when there is one)")  # fmt: skip
+    add("--backbones", nargs="+", default=["resnet50", "resnet101"],
+        help="timm backbones of the DANets to time")  # fmt: skip
     add("--sizes", nargs="+", type=parse_size, default=[(512, 1024), (769, 769), (1024, 2048)],
-        metavar="HxW")  # fmt: skip
-    add("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
-    add("--modes", nargs="+", default=["inference", "train"], choices=["inference", "train"])
+        metavar="HxW", help="input image sizes, e.g. 512x1024")  # fmt: skip
+    add("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
+        help="PAM backends to compare")  # fmt: skip
+    add("--modes", nargs="+", default=["inference", "train"], choices=["inference", "train"],
+        help="inference (no gradients) and/or a training step (forward + backward)")  # fmt: skip
     add("--dtypes", nargs="+", default=["float32"], choices=list(DTYPES),
         help="float32, or autocast to float16/bfloat16")  # fmt: skip
-    add("--batch", type=int, default=1)
-    add("--repeats", type=int, default=3)
+    add("--batch", type=int, default=1, help="images per batch")
+    add("--repeats", type=int, default=3, help="timed runs per case (the median is reported)")
     add("--long-case-seconds", type=float, default=10.0,
         help="a case whose warm-up takes longer is timed by that one run")  # fmt: skip
     add("--quick", action="store_true", help="resnet18 at small sizes: a smoke test of the script")

@@ -268,8 +268,10 @@ def contract_table(
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--channels", type=int, default=64, help="PAM channels C")
-    parser.add_argument("--activation-scale", type=float, default=1.0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--activation-scale", type=float, default=1.0,
+                        help="factor on the random input (large: float16's range)")  # fmt: skip
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when there is one)")  # fmt: skip
     parser.add_argument(
         "--out",
         type=Path,

@@ -10,6 +10,7 @@ be read (truncated by a full disk, say) is reported with its path, and
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnblocks.models import CCNet, DANet
+from attnblocks.models import MMSEG_MODELS, CCNet, DANet
 from attnblocks.models.base import SegmentationModel
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,9 @@ LATEST = "checkpoint.pt"
 _NUMBERED_PATTERN = "checkpoint-*.pt"
 # what a checkpoint of examples/train.py holds at least, for evaluate.py and --resume alike
 _REQUIRED_KEYS = ("model", "model_config", "classes", "iteration")
-# train.py's --model names
-MODELS: dict[str, type[SegmentationModel]] = {"danet": DANet, "ccnet": CCNet}
+#: The examples' --model names: every model class attnblocks registers for mmseg checkpoints
+#: (``attnblocks.models.MMSEG_MODELS``, the same dict: a class added there appears here).
+MODELS: dict[str, type[SegmentationModel]] = MMSEG_MODELS
 
 
 def model_name(checkpoint: dict[str, Any]) -> str:
@@ -37,13 +39,33 @@ def model_name(checkpoint: dict[str, Any]) -> str:
     return checkpoint.get("model_name", "danet")
 
 
+def model_class_named(class_name: str) -> type[SegmentationModel] | None:
+    """The registered model class called ``class_name`` (``"DANet"``), or None."""
+    return next((cls for cls in MODELS.values() if cls.__name__ == class_name), None)
+
+
+def constructor_parameters(model_class: type[SegmentationModel]) -> dict[str, inspect.Parameter]:
+    """The keyword arguments a model class's constructor takes, by name."""
+    parameters = inspect.signature(model_class.__init__).parameters
+    return {name: p for name, p in parameters.items() if name != "self"}
+
+
 def attention_gammas(model: SegmentationModel) -> dict[str, nn.Parameter]:
-    """The learnable ``gamma`` of each attention block of a DANet or CCNet, by short name."""
+    """The learnable residual ``gamma`` of each attention block of a model, by short name.
+
+    DANet's are ``pam`` and ``cam``, CCNet's ``cca``; other models' are the head's
+    parameters named ``gamma``, by their module's path (``attention_block``). A model
+    without any has none.
+    """
     if isinstance(model, DANet):
         return {"pam": model.head.attention.pam.gamma, "cam": model.head.attention.cam.gamma}
     if isinstance(model, CCNet):
         return {"cca": model.head.attention.gamma}
-    raise TypeError(f"expected a DANet or CCNet, got {type(model).__name__}")
+    return {
+        name.removesuffix("gamma").strip(".").replace(".", "_") or "gamma": parameter
+        for name, parameter in model.head.named_parameters()
+        if name.split(".")[-1] == "gamma"
+    }
 
 
 class CheckpointError(ValueError):

@@ -36,7 +36,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from attnblocks.pretrained.datasets import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
+from attnblocks.pretrained import DATASETS, PretrainedConfig, bit_palette
+from attnblocks.pretrained.datasets import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES, Colour
 
 Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 PathLike = Union[str, Path]
@@ -49,6 +50,8 @@ __all__ = [
     "CityscapesSegmentation",
     "VOCSegmentation",
     "build_dataset",
+    "dataset_palette",
+    "labels_config",
 ]
 
 IGNORE_INDEX = 255
@@ -542,3 +545,40 @@ def build_dataset(
         choices = ", ".join(repr(valid) for valid in DATASET_NAMES)
         raise ValueError(f"unknown dataset {name!r}; expected one of {choices}")
     return _DATASETS[name](root, split=split, transform=transform)
+
+
+# ---------------------------------------------------------------------------- colours
+
+#: Colour of void (ignored) pixels in pictures: PASCAL VOC's, light grey-beige.
+VOID_COLOUR: Colour = (224, 224, 192)
+
+
+def dataset_palette(dataset: str | None, num_classes: int) -> tuple[Colour, ...]:
+    """The one palette of a dataset, used by every picture the examples draw.
+
+    Cityscapes, ADE20K and VOC get their palettes from ``attnblocks.pretrained.DATASETS``
+    (Cityscapes' official colours, the others' colour maps), as pretrained models do;
+    the synthetic scenes and anything else PASCAL VOC's bit colour map
+    (``attnblocks.pretrained.bit_palette``: class 0 black, then dark red, dark green...).
+
+    Args:
+        dataset: the dataset's name (``"cityscapes"``, ``"synthetic"``...), or None.
+        num_classes: how many classes the palette colours.
+    """
+    info = DATASETS.get(dataset) if dataset is not None else None
+    if info is not None and len(info.palette) == num_classes:
+        return info.palette
+    return bit_palette(num_classes)
+
+
+def labels_config(dataset: str | None, classes: tuple[str, ...]) -> PretrainedConfig:
+    """Class names and :func:`dataset_palette` colours of a model trained on ``dataset``.
+
+    Args:
+        dataset: the training set's name, or None.
+        classes: its class names, indexed by label.
+    """
+    return PretrainedConfig(
+        class_names=classes, palette=dataset_palette(dataset, len(classes)),
+        dataset=dataset if dataset in DATASETS else None,
+    )  # fmt: skip

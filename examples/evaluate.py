@@ -7,7 +7,8 @@ bar (running mIoU) on the way. Optionally the predictions as PNGs:
 - ``DIR/labels/NAME.png``: 8-bit label files in the dataset's own values, as its
   benchmark servers take them (Cityscapes label ids, ADE20K 1..150, VOC class indices);
 - ``DIR/colour/NAME.png``: palette PNGs whose pixels are the class ids, coloured with the
-  palette of the training pictures, and ``DIR/legend.png`` naming the colours.
+  dataset's palette (the one of train.py's pictures and segment.py's, from
+  ``attnblocks.pretrained``), and ``DIR/legend.png`` naming the colours.
 
 ``NAME`` is the image file's name without its suffix (``00000`` ... for synthetic scenes).
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.*` whe
 
 from attnblocks.inference import predict_scores
 from attnblocks.metrics import SegmentationMetrics
+from attnblocks.pretrained.datasets import Colour
 from examples.checkpoints import CheckpointError, load_model
-from examples.cli import HelpFormatter
-from examples.datasets import DATASET_NAMES, build_dataset
+from examples.cli import HelpFormatter, device_problem, positive_float, positive_int
+from examples.datasets import DATASET_NAMES, VOID_COLOUR, build_dataset, dataset_palette
 from examples.train import synthetic_validation_set
 from examples.transforms import EvalTransform
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+        prog="evaluate.py", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     add = parser.add_argument
     add("--checkpoint", type=Path, required=True, help="checkpoint.pt of examples/train.py")
@@ -49,16 +51,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dataset to score (default: the one the checkpoint was trained on)")  # fmt: skip
     add("--data-root", type=Path, help="dataset folder (default: the checkpoint's)")
     add("--split", default="val", help="split to score")
-    add("--crop-size", type=int, help="sliding-window size (default: whole images)")
-    add("--stride", type=int, help="sliding-window step (default: 2/3 of the crop)")
-    add("--scales", type=float, nargs="+", default=[1.0], help="image scales to average")
+    add("--crop-size", type=positive_int, help="sliding-window size (default: whole images)")
+    add("--stride", type=positive_int, help="sliding-window step (default: 2/3 of the crop)")
+    add("--scales", type=positive_float, nargs="+", default=[1.0],
+        help="image scales to average")  # fmt: skip
     add("--flip", action="store_true", help="also average the horizontally flipped image")
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    add("--limit", type=int, help="score only the first N images")
+    add("--limit", type=positive_int, help="score only the first N images")
     add("--save-predictions", type=Path, metavar="DIR",
         help="write label-id and colour PNGs of the predictions here")  # fmt: skip
     add("--json", type=Path, help="also write the metrics to this JSON file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (problem := device_problem(args.device)) is not None:
+        parser.error(problem)
+    return args
 
 
 def fail(message: str) -> SystemExit:
@@ -85,26 +91,30 @@ def output_names(dataset: Dataset) -> list[str]:
 
 
 class PredictionWriter:
-    """Writes label-id PNGs, colour PNGs in the pictures' palette and a legend into ``folder``.
+    """Writes label-id PNGs, colour PNGs in the dataset's palette and a legend into ``folder``.
 
     Args:
         folder: the output folder (``labels/``, ``colour/`` and ``legend.png`` go in it).
         dataset: the scored dataset; its ``to_label_file_values`` (if any) maps class ids
             to the values of its label files (identity otherwise).
         classes: class names, indexed by class id.
+        colours: one RGB colour per class (:func:`examples.datasets.dataset_palette`).
     """
 
-    def __init__(self, folder: Path, dataset: Dataset, classes: tuple[str, ...]) -> None:
-        from examples.visualize_attention import draw_legend, palette_rgb  # matplotlib
+    def __init__(
+        self, folder: Path, dataset: Dataset, classes: tuple[str, ...], colours: Sequence[Colour]
+    ) -> None:
+        from examples.visualize_attention import draw_legend  # matplotlib
 
         self.labels, self.colour = folder / "labels", folder / "colour"
         self.labels.mkdir(parents=True, exist_ok=True)
         self.colour.mkdir(parents=True, exist_ok=True)
         self.to_file_values = getattr(dataset, "to_label_file_values", lambda ids: ids)
-        # PIL palettes are flat RGB lists of 256 entries; unused entries black
+        # PIL palettes are flat RGB lists of 256 entries; the void value 255 in VOID_COLOUR
         self.palette = np.zeros((256, 3), dtype=np.uint8)
-        self.palette[: len(classes)] = palette_rgb(len(classes))
-        draw_legend(classes, folder / "legend.png")
+        self.palette[: len(classes)] = np.asarray(colours, dtype=np.uint8)
+        self.palette[255] = VOID_COLOUR
+        draw_legend(classes, colours, folder / "legend.png")
 
     def write(self, name: str, prediction: np.ndarray) -> None:
         """Save ``(H, W)`` class ids as ``labels/NAME.png`` and ``colour/NAME.png``."""
@@ -148,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     names = output_names(dataset)
     writer = None
     if args.save_predictions is not None:
-        writer = PredictionWriter(args.save_predictions, dataset, classes)
+        colours = dataset_palette(checkpoint["args"].get("dataset"), len(classes))
+        writer = PredictionWriter(args.save_predictions, dataset, classes, colours)
     if args.limit is not None:
         dataset = Subset(dataset, range(min(args.limit, len(dataset))))
     metrics = SegmentationMetrics(len(classes), device=device)

@@ -1,4 +1,4 @@
-"""Train DANet (or CCNet) with the paper's recipe, then evaluate it.
+"""Train DANet (or CCNet, or any model attnblocks registers) with the paper's recipe, then evaluate.
 
 Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
 https://arxiv.org/abs/1809.02983
@@ -8,9 +8,11 @@ with the head at ``--head-lr-mult`` times the base rate, random scale, random cr
 (padded with the ignore label), horizontal flip, ImageNet normalisation, and
 cross-entropy on the fused output and on both attention branches. ``--model ccnet``
 trains CCNet (Huang et al., ICCV 2019) the same way, with cross-entropy on its one
-output (mmseg's auxiliary FCN head is not part of attnblocks' CCNet).
+output (mmseg's auxiliary FCN head is not part of attnblocks' CCNet); so does every other
+model of ``attnblocks.models.MMSEG_MODELS`` (cross-entropy on its prediction), with
+``--model-arg KEY=VALUE`` for its constructor's own arguments.
 
-One process (the demo; 5 to 6 minutes on 2 CPU cores)::
+One process (the demo; 5 to 6 minutes on this project's 2-core Intel Xeons, see the README)::
 
     python examples/train.py
 
@@ -57,20 +59,32 @@ from attnblocks.functional import POSITION_BACKENDS
 from attnblocks.inference import predict_scores
 from attnblocks.losses import DANetLoss, SegmentationCrossEntropy
 from attnblocks.metrics import SegmentationMetrics
-from attnblocks.models import DANet
+from attnblocks.models import DANet, main_logits
 from attnblocks.models.base import SegmentationModel
 from examples.checkpoints import (
     LATEST,
     MODELS,
     CheckpointError,
     attention_gammas,
+    constructor_parameters,
     latest_checkpoint,
     model_name,
     numbered_checkpoints,
     save_checkpoint,
 )
-from examples.cli import HelpFormatter, default_workers
-from examples.datasets import DATASET_NAMES, build_dataset
+from examples.cli import (
+    HelpFormatter,
+    backbone_problem,
+    default_workers,
+    device_problem,
+    key_value,
+    momentum,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from examples.datasets import DATASET_NAMES, build_dataset, dataset_palette
 from examples.synthetic import CONTEXT_CLASSES, SyntheticScenes
 from examples.transforms import EvalTransform, SeededAugmentation, TrainAugment
 
@@ -91,6 +105,13 @@ SYNTHETIC_SIZE = (128, 128)
 SYNTHETIC_TRAIN, SYNTHETIC_VAL = 20_000, 300
 # what a run writes into --out; --overwrite deletes these (and the numbered checkpoints) only
 RUN_FILES = (LATEST, "train.log", "metrics.json", "predictions.png", "attention.png")
+# constructor arguments that train.py's own flags set: --model-arg may not set them
+_SET_BY_FLAGS = {"backbone": "--backbone", "num_classes": "the dataset",
+                 "output_stride": "--output-stride", "multi_grid": "--multi-grid",
+                 "backbone_kwargs": "--backbone-stage", "pretrained_backbone":
+                 "--pretrained-backbone", "backbone_weights": "--backbone-weights",
+                 "attention_backend": "--attention-backend", "recurrence": "--recurrence",
+                 "pretrained_config": "the dataset"}  # fmt: skip
 
 
 class RunError(Exception):
@@ -152,7 +173,7 @@ class ResumableSampler(DistributedSampler):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+        prog="train.py", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     add = parser.add_argument
     add(
@@ -162,7 +183,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="synthetic: generated scenes, no files (the demo); the others read --data-root",
     )
     add("--data-root", type=Path, help="dataset folder (standard layout, see examples/datasets.py)")
-    add("--model", default="danet", choices=sorted(MODELS), help="the network to train")
+    add("--model", default="danet", choices=sorted(MODELS),
+        help="the network to train: a model of attnblocks.models.MMSEG_MODELS")  # fmt: skip
+    add(
+        "--model-arg",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another argument of the model's constructor, e.g. head_dropout=0.2 "
+        "(a Python literal, else text); repeat for more",
+    )
     add(
         "--backbone",
         help="any timm model name (default: resnet18 for synthetic, resnet101 "
@@ -171,40 +202,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--output-stride", type=int, default=8, choices=[8, 16], help="backbone output stride")
     add(
         "--multi-grid",
-        type=int,
+        type=positive_int,
         nargs="+",
         metavar="D",
         help="last-stage dilations, e.g. 4 8 16 as the authors' DANet-101 (bottleneck ResNets)",
     )
     add(
         "--backbone-stage",
-        type=int,
+        type=non_negative_int,
         metavar="K",
         help="take the features of backbone stage K instead of the last (synthetic default: 2, "
-        "resnet18's stride-8 stage, whose receptive field is smaller than the image)",
+        "resnet18's stride-8 stage, whose receptive field is smaller than the image; a head "
+        "that reads several levels takes them all)",
     )
     add("--pretrained-backbone", action="store_true", help="timm's ImageNet weights (download)")
     add("--backbone-weights", type=Path, help="local file of the backbone's ImageNet weights")
-    add("--crop-size", type=int, help="training crop side (default per dataset)")
+    add("--crop-size", type=positive_int, help="training crop side (default per dataset)")
     add(
         "--scale-range",
-        type=float,
+        type=positive_float,
         nargs=2,
         metavar=("LOW", "HIGH"),
         help="random rescaling range (paper: 0.75 2.0; synthetic default 1 1, as cropping "
         "could cut away the lamp that decides the vehicles' class)",
     )
     add("--no-flip", action="store_true", help="no random horizontal flip")
-    add("--batch-size", type=int, help="images per step per process (default per dataset)")
-    add("--iters", type=int, help="training iterations (synthetic default 2000)")
-    add("--epochs", type=int, help="training epochs instead of --iters (real datasets' default)")
-    add("--lr", type=float, help="base learning rate, poly schedule with power 0.9 (paper: 0.01)")
-    add("--head-lr-mult", type=float, default=10.0, help="head learning rate / base rate")
-    add("--momentum", type=float, default=0.9, help="SGD momentum")
-    add("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    add("--batch-size", type=positive_int,
+        help="images per step per process (default per dataset)")  # fmt: skip
+    add("--iters", type=positive_int, help="training iterations (synthetic default 2000)")
+    add("--epochs", type=positive_int,
+        help="training epochs instead of --iters (real datasets' default)")  # fmt: skip
+    add("--lr", type=positive_float,
+        help="base learning rate, poly schedule with power 0.9 (paper: 0.01)")  # fmt: skip
+    add("--head-lr-mult", type=non_negative_float, default=10.0,
+        help="head learning rate / base rate")  # fmt: skip
+    add("--momentum", type=momentum, default=0.9, help="SGD momentum")
+    add("--weight-decay", type=non_negative_float, default=1e-4, help="SGD weight decay")
     add(
         "--aux-weights",
-        type=float,
+        type=non_negative_float,
         nargs=2,
         metavar=("PAM", "CAM"),
         help="DANet: loss weights of the two attention branches (default: 1 1, the authors')",
@@ -218,9 +254,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--attention-backend",
         default="auto",
         choices=POSITION_BACKENDS,
-        help="DANet: PAM's backend",
+        help="the position-attention backend of models that take one (DANet: PAM's)",
     )
-    add("--recurrence", type=int, help="CCNet: criss-cross passes (default: 2, the paper's)")
+    add("--recurrence", type=positive_int,
+        help="CCNet: criss-cross passes (default: 2, the paper's)")  # fmt: skip
     add("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
     add("--channels-last", action="store_true", help="channels-last memory format")
     add(
@@ -230,25 +267,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add(
         "--workers",
-        type=int,
+        type=non_negative_int,
         help="data loading processes per training process (default: 0 for synthetic, else up "
         "to 4, no more than this process's share of the CPUs)",
     )
     add("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
     add(
         "--eval-crop",
-        type=int,
+        type=positive_int,
         help="sliding-window size for the final evaluation "
         "(default: whole images for synthetic, the crop size otherwise)",
     )
-    add("--eval-scales", type=float, nargs="+", default=[1.0], help="evaluation scales")
+    add("--eval-scales", type=positive_float, nargs="+", default=[1.0], help="evaluation scales")
     add("--eval-flip", action="store_true", help="also evaluate flipped images")
-    add("--val-limit", type=int, help="evaluate on the first N validation images only")
-    add("--log-every", type=int, default=50, help="iterations between log lines")
-    add("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
+    add("--val-limit", type=positive_int, help="evaluate on the first N validation images only")
+    add("--log-every", type=positive_int, default=50, help="iterations between log lines")
+    add("--checkpoint-every", type=positive_int, default=500,
+        help="iterations between checkpoints")  # fmt: skip
     add(
         "--keep-checkpoints",
-        type=int,
+        type=positive_int,
         default=3,
         metavar="K",
         help="keep the last K checkpoints (a damaged newest one falls back to the one before)",
@@ -266,7 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add(
         "--stop-at",
-        type=int,
+        type=positive_int,
         help="stop after this iteration as if interrupted "
         "(checkpoint written first): for testing --resume",
     )
@@ -278,8 +316,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(
             "give --resume (continue the run in --out) or --overwrite (replace it), not both"
         )
-    if args.keep_checkpoints < 1:
-        parser.error(f"--keep-checkpoints must be at least 1, got {args.keep_checkpoints}")
+    if args.scale_range is not None and args.scale_range[0] > args.scale_range[1]:
+        parser.error(f"--scale-range LOW HIGH needs LOW <= HIGH, got {args.scale_range}")
     length_given = args.iters is not None or args.epochs is not None
     for key, value in DEFAULTS[args.dataset].items():
         if key in ("iters", "epochs") and length_given:
@@ -290,19 +328,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.workers = default_workers()
     if args.out is None:
         args.out = Path("runs") / args.model
-    danet_only = {"--aux-weights": args.aux_weights is not None,
-                  "--attention-backend": args.attention_backend != "auto"}  # fmt: skip
-    wrong = [flag for flag, given in danet_only.items() if given and args.model != "danet"]
-    wrong += ["--recurrence"] if args.recurrence is not None and args.model != "ccnet" else []
-    if wrong:
-        parser.error(f"{', '.join(wrong)} do(es) not apply to --model {args.model}")
-    if args.model == "danet" and args.aux_weights is None:
-        args.aux_weights = (1.0, 1.0)
-    if args.model == "ccnet" and args.recurrence is None:
-        args.recurrence = 2
+    check_model_flags(parser, args)
+    for problem in (backbone_problem(args.backbone), device_problem(args.device)):
+        if problem is not None:
+            parser.error(problem)
     if args.dataset != "synthetic" and args.data_root is None:
         parser.error(f"--dataset {args.dataset} needs --data-root")
     return args
+
+
+def check_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse flags the chosen model has no use for; fill the model-specific defaults.
+
+    A flag applies where the model's constructor takes its argument (``--recurrence``:
+    ``recurrence``, ``--attention-backend``: ``attention_backend``); ``--aux-weights``
+    weighs DANet's two branch losses. ``--model-arg`` keys must be constructor arguments
+    that no flag sets.
+    """
+    model_class = MODELS[args.model]
+    parameters = constructor_parameters(model_class)
+    given = {"--aux-weights": args.aux_weights is not None,
+             "--attention-backend": args.attention_backend != "auto",
+             "--recurrence": args.recurrence is not None}  # fmt: skip
+    applies = {"--aux-weights": issubclass(model_class, DANet),
+               "--attention-backend": "attention_backend" in parameters,
+               "--recurrence": "recurrence" in parameters}  # fmt: skip
+    wrong = [flag for flag in given if given[flag] and not applies[flag]]
+    if wrong:
+        parser.error(f"{', '.join(wrong)} do(es) not apply to --model {args.model}")
+    if applies["--aux-weights"] and args.aux_weights is None:
+        args.aux_weights = (1.0, 1.0)
+    if applies["--recurrence"] and args.recurrence is None:
+        args.recurrence = parameters["recurrence"].default  # CCNet: 2, the paper's
+    for key, _ in args.model_arg:
+        if key in _SET_BY_FLAGS:
+            parser.error(f"--model-arg {key}=...: {key} is set by {_SET_BY_FLAGS[key]}")
+        if key not in parameters:
+            known = sorted(set(parameters) - set(_SET_BY_FLAGS) - {"args", "kwargs"})
+            parser.error(f"--model-arg {key}=...: {model_class.__name__} takes no argument "
+                         f"{key!r}; it takes {', '.join(known)}")  # fmt: skip
+    args.model_arg = dict(args.model_arg)
 
 
 def setup_distributed(args: argparse.Namespace) -> tuple[int, int, torch.device]:
@@ -348,22 +413,39 @@ def existing_run_files(out: Path) -> list[Path]:
     return files + numbered_checkpoints(out)
 
 
-def prepare_run_folder(args: argparse.Namespace, rank: int, world_size: int) -> None:
-    """Refuse to mix a new run with one already in ``--out``; delete it with ``--overwrite``."""
+def holds_a_run(out: Path) -> bool:
+    """Whether ``out`` holds a run: a checkpoint (a start that failed before one is none)."""
+    return (out / LATEST).exists() or bool(numbered_checkpoints(out))
+
+
+def prepare_run_folder(args: argparse.Namespace, rank: int, world_size: int) -> list[Path]:
+    """Refuse to mix a new run with one already in ``--out``; delete it with ``--overwrite``.
+
+    A folder without a checkpoint holds no run: the files of a start that failed before
+    its first checkpoint (an empty ``train.log``) are replaced without asking, and
+    ``--resume`` there says that there is nothing to resume.
+
+    Returns:
+        The files deleted (process 0).
+    """
     previous = existing_run_files(args.out) if rank == 0 else []
+    is_run = rank == 0 and holds_a_run(args.out)
     problem = None
-    if previous and not (args.resume or args.overwrite):
+    if is_run and not (args.resume or args.overwrite):
         names = ", ".join(path.name for path in previous[:4]) + (
             ", ..." if len(previous) > 4 else ""
         )
         problem = (f"{args.out} already holds a run ({names}); pass --resume to continue it, "
                    "--overwrite to replace it, or another --out")  # fmt: skip
+    elif rank == 0 and args.resume and not is_run:
+        problem = f"no checkpoint at {args.out / LATEST}: nothing to --resume"
     problem = rank0_decides(problem, world_size)
     if problem is not None:
-        raise RunError(problem)
-    if args.overwrite and rank == 0:
-        for path in previous:
-            path.unlink()
+        raise (FileNotFoundError if args.resume else RunError)(problem)
+    deleted = [] if args.resume else previous  # --overwrite, or the files of a failed start
+    for path in deleted:
+        path.unlink()
+    return deleted
 
 
 def synthetic_validation_set(seed: int) -> SyntheticScenes:
@@ -386,13 +468,30 @@ def build_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, tuple[st
 
 
 def build_model(args: argparse.Namespace, num_classes: int) -> SegmentationModel:
-    model = MODELS[args.model](
-        **model_config(args, num_classes),
-        pretrained_backbone=args.pretrained_backbone,
-        backbone_weights=args.backbone_weights,
-    )
+    """The ``--model`` network, with the backbone's ImageNet weights when asked for.
+
+    Raises:
+        RunError: the model cannot be built as asked (a backbone without the features
+            it needs, a ``--model-arg`` value it refuses), or ``--no-attention`` for a
+            model without attention gammas.
+    """
+    try:
+        model = MODELS[args.model](
+            **model_config(args, num_classes),
+            pretrained_backbone=args.pretrained_backbone,
+            backbone_weights=args.backbone_weights,
+        )
+    except (ValueError, TypeError, RuntimeError) as error:  # timm and the models say what
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise RunError(
+            f"cannot build --model {args.model} --backbone {args.backbone}: {reason}"
+        ) from error
+    gammas = attention_gammas(model)
+    if args.no_attention and not gammas:
+        raise RunError(f"--no-attention holds the attention gammas at 0, and "
+                       f"{type(model).__name__} has none")  # fmt: skip
     if args.no_attention:
-        for gamma in attention_gammas(model).values():
+        for gamma in gammas.values():
             gamma.requires_grad_(False)  # stays at its initial 0: attention adds nothing
     return model
 
@@ -400,14 +499,35 @@ def build_model(args: argparse.Namespace, num_classes: int) -> SegmentationModel
 def model_config(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
     """What evaluate.py needs to rebuild the model of a checkpoint (with ``args.model``)."""
     stage = {} if args.backbone_stage is None else {"out_indices": (args.backbone_stage,)}
+    if len(MODELS[args.model].feature_levels) > 1:
+        stage = {}  # a head that reads several levels takes them from the whole backbone
     config = dict(backbone=args.backbone, num_classes=num_classes,
                   output_stride=args.output_stride, multi_grid=args.multi_grid,
                   backbone_kwargs=stage)  # fmt: skip
-    if args.model == "danet":
+    parameters = constructor_parameters(MODELS[args.model])
+    if "attention_backend" in parameters:
         config["attention_backend"] = args.attention_backend
-    else:
+    if "recurrence" in parameters:
         config["recurrence"] = args.recurrence
-    return config
+    return {**config, **args.model_arg}
+
+
+def training_loss(args: argparse.Namespace) -> nn.Module:
+    """DANet's three-branch loss for DANet; cross-entropy on the prediction otherwise."""
+    if issubclass(MODELS[args.model], DANet):
+        return DANetLoss(aux_weights=args.aux_weights)
+    return _PredictionLoss()
+
+
+class _PredictionLoss(nn.Module):
+    """Cross-entropy (void ignored) on a model's prediction: its output or the tuple's first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cross_entropy = SegmentationCrossEntropy()
+
+    def forward(self, output: Any, labels: torch.Tensor) -> torch.Tensor:
+        return self.cross_entropy(main_logits(output), labels)
 
 
 def poly_lr(iteration: int, total: int) -> float:
@@ -511,8 +631,11 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     handlers: list[logging.Handler] = []
     try:
         with SignalCatcher() as signals:
-            prepare_run_folder(args, rank, world_size)
+            deleted = prepare_run_folder(args, rank, world_size)
             handlers = setup_logging(args.out, rank)
+            if deleted and not args.overwrite:
+                log.info("%s held no checkpoint: replaced %s of a start that failed",
+                         args.out, ", ".join(path.name for path in deleted))  # fmt: skip
             return _train(args, rank, world_size, device, signals)
     finally:
         for handler in handlers:
@@ -548,11 +671,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, device: torch.d
         if world_size > 1
         else model
     )
-    criterion = (
-        DANetLoss(aux_weights=args.aux_weights)
-        if args.model == "danet"
-        else SegmentationCrossEntropy()
-    )
+    criterion = training_loss(args)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
 
@@ -674,7 +793,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, device: torch.d
         for name, iou in result["per_class_iou"].items():
             log.info("  %-14s %s", name, "-" if iou is None else f"{iou:.4f}")
         if not args.no_pictures:
-            _draw_pictures(model, val_set, classes, args.out, device)
+            _draw_pictures(model, val_set, classes, args.out, device, args.dataset)
     return result
 
 
@@ -717,7 +836,7 @@ def _report(progress, iteration: int, loss: float, lr: float, gammas: dict[str, 
 
 
 def _draw_pictures(model: SegmentationModel, val_set: Dataset, classes: tuple[str, ...], out: Path,
-                   device: torch.device) -> None:  # fmt: skip
+                   device: torch.device, dataset: str) -> None:  # fmt: skip
     try:
         from examples.visualize_attention import (
             draw_attention,
@@ -731,7 +850,8 @@ def _draw_pictures(model: SegmentationModel, val_set: Dataset, classes: tuple[st
     samples = [val_set[i] for i in range(min(4, len(val_set)))]
     images = [image.to(device) for image, _ in samples]
     labels = [label for _, label in samples]
-    draw_predictions(model, images, labels, classes, out / "predictions.png")
+    colours = dataset_palette(dataset, len(classes))
+    draw_predictions(model, images, labels, classes, out / "predictions.png", colours)
     if not isinstance(model, DANet):
         log.info("wrote %s (attention.png is drawn for DANet's PAM only)", out / "predictions.png")
         return

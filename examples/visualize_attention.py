@@ -17,6 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -25,52 +26,51 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.colors import ListedColormap
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.*` when run as a script
 
 from attnblocks.models import DANet
 from attnblocks.models.base import SegmentationModel
+from attnblocks.pretrained.datasets import Colour
 from examples.checkpoints import CheckpointError, load_model
-from examples.cli import HelpFormatter
+from examples.cli import HelpFormatter, device_problem
+from examples.datasets import VOID_COLOUR, dataset_palette
 from examples.transforms import denormalize, normalize
 
 _POINT_COLOURS = ("#ff2d2d", "#2dd4ff", "#ffd22d", "#b24dff", "#3dff6e")
 
 
-def palette(num_classes: int) -> ListedColormap:
-    """A colour per class, for label maps: tab10 up to 10 classes, tab20 up to 20, beyond
-    that tab20, tab20b and tab20c (60 colours), cycled past 60 classes."""
-    if num_classes <= 10:
-        colours = plt.get_cmap("tab10").colors
-    elif num_classes <= 20:
-        colours = plt.get_cmap("tab20").colors
-    else:
-        colours = [c for name in ("tab20", "tab20b", "tab20c") for c in plt.get_cmap(name).colors]
-    return ListedColormap([colours[i % len(colours)] for i in range(num_classes)])
+def label_picture(labels: np.ndarray, colours: Sequence[Colour]) -> np.ndarray:
+    """``(H, W)`` class ids as ``(H, W, 3)`` uint8 RGB; void (any other value) in ``VOID_COLOUR``.
+
+    Args:
+        labels: class ids; 255 (or anything outside the palette) for void pixels.
+        colours: one RGB colour per class (:func:`examples.datasets.dataset_palette`).
+    """
+    table = np.array([*colours, VOID_COLOUR], dtype=np.uint8)
+    ids = np.asarray(labels).astype(np.int64)
+    return table[np.where((ids >= 0) & (ids < len(colours)), ids, len(colours))]
 
 
-def palette_rgb(num_classes: int) -> np.ndarray:
-    """:func:`palette` as ``(num_classes, 3)`` uint8 RGB, e.g. for palette PNGs."""
-    colours = palette(num_classes).colors
-    return np.round(np.asarray(colours, dtype=np.float64)[:, :3] * 255).astype(np.uint8)
+def _patches(colours: Sequence[Colour]) -> list:
+    """Legend patches, one per colour."""
+    return [plt.Rectangle((0, 0), 1, 1, color=np.array(c) / 255) for c in colours]
 
 
-def draw_legend(classes: Sequence[str], path: Path) -> None:
-    """Save the class names beside their :func:`palette` colours as a PNG.
+def draw_legend(classes: Sequence[str], colours: Sequence[Colour], path: Path) -> None:
+    """Save the class names beside their colours as a PNG.
 
     Args:
         classes: class names, indexed by class id.
+        colours: one RGB colour per class (:func:`examples.datasets.dataset_palette`).
         path: PNG to write.
     """
-    colours = palette(len(classes))
     rows = 25  # names per column
     columns = -(-len(classes) // rows)
     fig = plt.figure(figsize=(2.4 * columns, 0.25 * min(len(classes), rows) + 0.3))
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours(i)) for i in range(len(classes))]
     labels = [f"{index} {name}" for index, name in enumerate(classes)]
-    fig.legend(handles, labels, loc="center", ncol=columns, fontsize=8, frameon=False)
+    fig.legend(_patches(colours), labels, loc="center", ncol=columns, fontsize=8, frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -116,6 +116,13 @@ def check_points(points: Sequence[tuple[int, int]], height: int, width: int) -> 
             f"query points {outside} lie outside the {height} x {width} image: rows must be "
             f"0..{height - 1} and columns 0..{width - 1}"
         )
+
+
+def _colour_bar(fig: plt.Figure, shown: Any, ax: plt.Axes, label: str) -> None:
+    """A slim colour bar beside ``ax`` for what ``shown`` maps to colours."""
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label(label, fontsize=7)
 
 
 @torch.no_grad()
@@ -166,19 +173,21 @@ def draw_attention(
 
     picture = _to_picture(image)
     columns = 1 + len(points) + len(channels)
-    fig, axes = plt.subplots(1, columns, figsize=(2.6 * columns, 2.9))
+    fig, axes = plt.subplots(1, columns, figsize=(3.0 * columns, 2.9))
     axes[0].imshow(picture)
     axes[0].set_title("image and query points", fontsize=8)
     for index, ((row, col), ax) in enumerate(zip(points, axes[1 : 1 + len(points)])):
         colour = _POINT_COLOURS[index % len(_POINT_COLOURS)]
         axes[0].plot(col, row, marker="o", markersize=7, color=colour, markeredgecolor="black")
         ax.imshow(picture)
-        ax.imshow(maps[index].cpu().numpy(), cmap="jet", alpha=0.55)
+        shown = ax.imshow(maps[index].cpu().numpy(), cmap="jet", alpha=0.55)
         ax.plot(col, row, marker="o", markersize=7, color=colour, markeredgecolor="black")
         ax.set_title(f"PAM attention of point {index + 1}", fontsize=8)
+        _colour_bar(fig, shown, ax, "attention weight")
     for channel, ax in zip(channels, axes[1 + len(points) :]):
-        ax.imshow(captured["cam_out"][0, channel].cpu().numpy(), cmap="viridis")
+        shown = ax.imshow(captured["cam_out"][0, channel].cpu().numpy(), cmap="viridis")
         ax.set_title(f"CAM output, channel {channel}", fontsize=8)
+        _colour_bar(fig, shown, ax, "activation")
     for ax in axes:
         ax.axis("off")
     gammas = f"gamma: PAM {pam.gamma.item():.3f}, CAM {cam.gamma.item():.3f}"
@@ -195,36 +204,34 @@ def draw_predictions(
     labels: Sequence[Tensor],
     classes: Sequence[str],
     path: Path,
+    colours: Sequence[Colour] | None = None,
 ) -> None:
     """Save images, ground truth and predictions side by side (one row per image).
 
     Args:
-        model: a DANet or CCNet.
+        model: any segmentation model of the package.
         images: normalised ``(3, H, W)`` images, each of its own size (or a
             ``(B, 3, H, W)`` batch).
-        labels: their ``(H, W)`` ground truth (255 = ignored, drawn black).
+        labels: their ``(H, W)`` ground truth (255 = ignored, drawn in ``VOID_COLOUR``).
         classes: class names, for the legend.
         path: PNG to write.
+        colours: one RGB colour per class: the dataset's palette
+            (:func:`examples.datasets.dataset_palette`; None: the generic one).
     """
     model.eval()
+    colours = colours if colours is not None else dataset_palette(None, len(classes))
     predictions = [model.predict(image[None])[0].cpu() for image in images]
-    colours = palette(len(classes))
     fig, axes = plt.subplots(len(images), 3, figsize=(7.5, 2.4 * len(images)), squeeze=False)
     for row, (image, label, prediction) in enumerate(zip(images, labels, predictions)):
-        truth = np.ma.masked_equal(label.cpu().numpy(), 255)
         axes[row, 0].imshow(_to_picture(image))
-        axes[row, 1].imshow(
-            truth, cmap=colours, vmin=0, vmax=len(classes) - 1, interpolation="nearest"
-        )
-        axes[row, 1].set_facecolor("black")
-        axes[row, 2].imshow(prediction.numpy(), cmap=colours, vmin=0, vmax=len(classes) - 1,
-                            interpolation="nearest")  # fmt: skip
-    for ax, title in zip(axes[0], ("image", "ground truth", "prediction")):
+        axes[row, 1].imshow(label_picture(label.cpu().numpy(), colours), interpolation="nearest")
+        axes[row, 2].imshow(label_picture(prediction.numpy(), colours), interpolation="nearest")
+    for ax, title in zip(axes[0], ("image", "ground truth (void: grey)", "prediction")):
         ax.set_title(title, fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours(i)) for i in range(len(classes))]
-    fig.legend(handles, classes, loc="lower center", ncol=min(len(classes), 7), fontsize=7)
+    fig.legend(_patches(colours), classes, loc="lower center", ncol=min(len(classes), 7),
+               fontsize=7)  # fmt: skip
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -240,7 +247,9 @@ def _parse_point(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+        prog="visualize_attention.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="checkpoint of examples/train.py"
@@ -254,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
                         "beside the checkpoint, in its run folder)")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
+    if (problem := device_problem(args.device)) is not None:
+        parser.error(problem)
 
     try:
         model, _ = load_model(args.checkpoint, torch.device(args.device))

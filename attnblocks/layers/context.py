@@ -75,7 +75,9 @@ class ContextBlock(nn.Module):
         ratio: bottleneck width as a fraction of ``channels``.
         pooling: ``"att"`` or ``"avg"``, see :data:`CONTEXT_POOLINGS`.
         fusion: one or both of :data:`CONTEXT_FUSIONS`.
-        zero_init_last: start the last conv of each transform at zero.
+        zero_init_last: start the last conv of each transform at zero (through
+            :meth:`zero_init_last`, which timm's models call again after re-initialising
+            their convolutions).
         device: device of the parameters.
         dtype: dtype of the parameters.
     """
@@ -117,13 +119,26 @@ class ContextBlock(nn.Module):
         """GCNet's initialisation: Kaiming (fan-in) mask conv, last transform convs zero.
 
         Args:
-            zero_init_last: zero the last conv of each transform.
+            zero_init_last: zero the last conv of each transform with :meth:`zero_init_last`.
         """
         if self.pooling == "att":
             nn.init.kaiming_normal_(self.conv_mask.weight, mode="fan_in", nonlinearity="relu")
             nn.init.zeros_(self.conv_mask.bias)
+        if zero_init_last:
+            self.zero_init_last()
+
+    @torch.no_grad()
+    def zero_init_last(self) -> None:
+        """Zero the last conv of each transform: ``channel_add`` then adds nothing.
+
+        timm's protocol: a timm model re-initialises every ``Conv2d`` after building
+        (these convs included), then calls ``zero_init_last()`` on every module that has
+        it (with its ``zero_init_last=True``, the default), so a block built through
+        ``block_args=dict(attn_layer=ContextBlock)`` starts as it does alone: the identity
+        with ``channel_add`` only, ``x / 2`` with ``channel_mul``.
+        """
         for transform in (self.channel_add_conv, self.channel_mul_conv):
-            if transform is not None and zero_init_last:
+            if transform is not None:
                 nn.init.zeros_(transform[-1].weight)
                 nn.init.zeros_(transform[-1].bias)
 

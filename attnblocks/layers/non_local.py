@@ -144,7 +144,9 @@ class NonLocal2d(nn.Module):
         norm_layer: optional norm after ``conv_out``'s convolution, called as
             ``norm_layer(channels, device=..., dtype=...)`` (mmseg's NLHead uses BatchNorm).
         zero_init_last: start ``conv_out`` (its norm's scale, when there is one) at zero,
-            so the block starts as the identity (mmcv's default).
+            so the block starts as the identity (mmcv's default), through
+            :meth:`zero_init_last`, which timm's models call again after re-initialising
+            their convolutions.
         device: device of the parameters.
         dtype: dtype of the parameters.
     """
@@ -190,7 +192,9 @@ class NonLocal2d(nn.Module):
         """mmcv's initialisation: N(0, 0.01) projections, ``conv_out`` zero when asked.
 
         Args:
-            zero_init_last: zero ``conv_out`` (or its norm's scale and shift).
+            zero_init_last: zero ``conv_out`` (or its norm's scale and shift) with
+                :meth:`zero_init_last`; False draws ``conv_out`` from N(0, 0.01) (a norm
+                keeps its own init).
         """
         for name in ("g", "theta", "phi"):
             if hasattr(self, name):
@@ -198,13 +202,24 @@ class NonLocal2d(nn.Module):
                 nn.init.zeros_(getattr(self, name).bias)
         if self.mode == "concatenation":
             nn.init.kaiming_normal_(self.concat_project.weight, mode="fan_out", nonlinearity="relu")
-        last = self.conv_out if isinstance(self.conv_out, nn.Conv2d) else self.conv_out.norm
         if zero_init_last:
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
-        elif isinstance(last, nn.Conv2d):
-            nn.init.normal_(last.weight, std=0.01)
-            nn.init.zeros_(last.bias)
+            self.zero_init_last()
+        elif isinstance(self.conv_out, nn.Conv2d):
+            nn.init.normal_(self.conv_out.weight, std=0.01)
+            nn.init.zeros_(self.conv_out.bias)
+
+    @torch.no_grad()
+    def zero_init_last(self) -> None:
+        """Zero the last layer (``conv_out``, or its norm's scale and shift): the block is x.
+
+        timm's protocol: a timm model re-initialises every ``Conv2d`` after building
+        (``conv_out`` included), then calls ``zero_init_last()`` on every module that has
+        it (with its ``zero_init_last=True``, the default), so a block built through
+        ``block_args=dict(attn_layer=NonLocal2d)`` starts as the identity there too.
+        """
+        last = self.conv_out if isinstance(self.conv_out, nn.Conv2d) else self.conv_out.norm
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def _pool(self, maps: Tensor) -> Tensor:
         if not self.sub_sample:

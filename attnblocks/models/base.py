@@ -362,27 +362,81 @@ class SegmentationModel(
         )  # fmt: skip
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Any:
-        """Write ``config.json`` (constructor arguments) and ``model.safetensors`` into a folder.
+        """Write ``config.json``, ``model.safetensors`` and a model card into a folder.
 
         ``config.json`` holds what rebuilds the model: backbone, classes, output stride,
         multi-grid, alignment, attention settings and the :attr:`pretrained_config`
-        (normalisation, class names, palette, test resize and window). Arguments that
-        are not JSON (a custom ``norm_layer``) are not saved: pass them again to
-        ``from_pretrained``. Needs the ``hub`` extra.
+        (normalisation, class names, palette, test resize and window), with the class
+        that saved it (``"model_class": "DANet"``, which ``from_pretrained`` checks) and,
+        when the model has a ``weights_source`` attribute (a release URL, a file), where
+        its weights came from. Arguments that are not JSON (a custom ``norm_layer``) are
+        not saved: pass them again to ``from_pretrained``. The model card (``README.md``,
+        kept if the folder has one) gives the architecture, backbone, classes, source
+        checkpoint and preprocessing. Needs the ``hub`` extra.
 
         Args:
             save_directory: the folder (created if needed).
             **kwargs: passed to ``PyTorchModelHubMixin.save_pretrained``
                 (``push_to_hub=True``, ``repo_id``...).
         """
-        if "config" not in kwargs:
+        from .. import __version__
+        from ._hub import HUB_AVAILABLE, MODEL_CLASS_KEY, WEIGHTS_SOURCE_KEY, model_card
+
+        if not HUB_AVAILABLE:  # the stand-in raises its ImportError; nothing is written
+            return super().save_pretrained(save_directory, **kwargs)
+        config = kwargs.get("config")
+        if config is None:  # (push_to_hub passes config=None through to here)
             config = dict(getattr(self, "_hub_mixin_config", None) or {})
             config.update(_WEIGHT_SOURCES)  # the saved weights replace any ImageNet download
             config["pretrained_config"] = self.pretrained_config.to_dict()
-            kwargs["config"] = config
+        if isinstance(config, Mapping):
+            config = {**config, MODEL_CLASS_KEY: type(self).__name__,
+                      "attnblocks_version": __version__}  # fmt: skip
+            source = getattr(self, WEIGHTS_SOURCE_KEY, None)
+            if source is not None:
+                config[WEIGHTS_SOURCE_KEY] = str(source)
+        kwargs["config"] = config
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        card = folder / "README.md"
+        if not card.exists() and isinstance(config, Mapping):  # the mixin keeps an existing one
+            card_data = getattr(getattr(self, "_hub_mixin_info", None), "model_card_data", None)
+            card.write_text(model_card(self, config, card_data))
         return super().save_pretrained(save_directory, **kwargs)
 
     @classmethod
-    def _from_pretrained(cls, *, strict: bool = True, **kwargs: Any) -> Any:
-        """The mixin's loader, strict by default: every weight of the model must be in the file."""
-        return super()._from_pretrained(strict=strict, **kwargs)  # type: ignore[misc]
+    def _from_pretrained(
+        cls, *, config: Mapping[str, Any] | None = None, strict: bool = True, **kwargs: Any
+    ) -> Any:
+        """The mixin's loader: strict, and only for a folder this class saved.
+
+        Args:
+            config: the folder's ``config.json`` (the mixin passes it; None: it has none).
+            strict: every weight of the model must be in the file.
+            **kwargs: the mixin's (``model_id``, download options) and the constructor's.
+
+        Raises:
+            FileNotFoundError: the folder (or Hub repository) has no ``config.json``, so
+                nothing says which model it holds, or a folder has no ``model.safetensors``.
+            ValueError: ``config.json`` names another model class (``"model_class"``).
+        """
+        from ._hub import MODEL_CLASS_KEY, WEIGHTS_SOURCE_KEY
+
+        model_id, name = kwargs["model_id"], cls.__name__
+        if config is None:
+            raise FileNotFoundError(
+                f"{model_id} has no config.json, so nothing says which model it holds: "
+                f"{name}.from_pretrained loads folders written by save_pretrained"
+            )
+        saved = config.get(MODEL_CLASS_KEY)
+        if saved is not None and saved != name:  # (folders saved before the key: not checked)
+            raise ValueError(
+                f"{model_id} holds a saved {saved}, not a {name}: load it with "
+                f"{saved}.from_pretrained"
+            )
+        if Path(model_id).is_dir() and not (Path(model_id) / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{model_id} has config.json but no model.safetensors")
+        model = super()._from_pretrained(strict=strict, **kwargs)  # type: ignore[misc]
+        source = config.get(WEIGHTS_SOURCE_KEY)
+        model.weights_source = source if source is not None else model_id
+        return model

@@ -44,6 +44,8 @@ def read_rgb(image: ImageLike) -> Tensor:
     else:
         numpy = sys.modules.get("numpy")
         if numpy is not None and isinstance(image, numpy.ndarray):
+            if not image.flags.writeable:  # np.asarray(pil_image): torch warns on read-only
+                image = image.copy()
             image = torch.from_numpy(numpy.ascontiguousarray(image))
         if not isinstance(image, Tensor):
             raise TypeError(

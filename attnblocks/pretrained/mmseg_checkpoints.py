@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import replace
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.error import URLError
 
 import torch
 
@@ -117,6 +119,8 @@ def load_mmseg_checkpoint(
 
     Raises:
         ValueError: for a name that is neither a known config nor a URL.
+        ConnectionError: when the file cannot be downloaded (offline, say); the message
+            gives the URL and how to pass a file downloaded another way.
         RuntimeError: from ``torch.hub`` when the file's hash does not match its name.
     """
     entry = find_mmseg_checkpoint(name_or_url)
@@ -126,10 +130,20 @@ def load_mmseg_checkpoint(
             f"{sorted(MMSEG_CHECKPOINTS)}"
         )
     url = entry.url if entry is not None else name_or_url
-    return torch.hub.load_state_dict_from_url(
-        url, model_dir=None if model_dir is None else str(model_dir), map_location="cpu",
-        progress=progress, check_hash=True, weights_only=True,
-    )  # fmt: skip
+    try:
+        return torch.hub.load_state_dict_from_url(
+            url, model_dir=None if model_dir is None else str(model_dir), map_location="cpu",
+            progress=progress, check_hash=True, weights_only=True,
+        )  # fmt: skip
+    except (URLError, HTTPException, ConnectionError, TimeoutError) as error:
+        reason = getattr(error, "reason", None) or error
+        file_name = url.rsplit("/", 1)[-1]
+        raise ConnectionError(
+            f"could not download the mmseg checkpoint {name_or_url!r} ({reason}) from {url}; "
+            f"download it another way (e.g. wget {url}) and pass the file's path instead of "
+            f'the name, e.g. from_mmseg("{file_name}") (keep its file name: it names the '
+            "release)"
+        ) from error
 
 
 def mmseg_pretrained_config(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnblocks.pretrained import CITYSCAPES_PALETTE
 from examples import evaluate
-from examples.visualize_attention import palette_rgb
 from tests.examples.runs import SMALL_REAL, fake_cityscapes
 from tests.examples.runs import run_train as run_synthetic
 
@@ -53,9 +53,9 @@ def test_cityscapes_predictions_are_label_id_pngs_and_palette_pngs(tmp_path):
         # the label file holds the label id of each pixel's predicted train id
         np.testing.assert_array_equal(np.asarray(label_ids),
                                       np.asarray(CITYSCAPES_LABEL_IDS)[train_ids])  # fmt: skip
-        # coloured with the palette of the training pictures
+        # coloured with Cityscapes' official colours, as the pictures of train.py and segment.py
         palette = np.asarray(colour.getpalette()[: 19 * 3]).reshape(19, 3)
-        np.testing.assert_array_equal(palette, palette_rgb(19))
+        np.testing.assert_array_equal(palette, np.asarray(CITYSCAPES_PALETTE))
         image = Image.open(root / "leftImg8bit" / "val" / name.split("_")[0] / name)
         assert label_ids.size == image.size
 

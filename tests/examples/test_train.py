@@ -11,11 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from attnblocks.metrics import SegmentationMetrics
+from attnblocks.pretrained import bit_palette
 from examples import train
+from examples.datasets import dataset_palette
 from tests.examples.runs import (
     TINY,
     assert_same_run,
@@ -242,3 +245,59 @@ def _no_leftover_log_handlers():
     yield
     handlers = logging.getLogger().handlers
     assert not [h for h in handlers if getattr(h, "baseFilename", "").endswith("train.log")]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--iters", "-5"], "--iters"),
+        (["--iters", "0"], "--iters"),  # the poly schedule divided by zero
+        (["--epochs", "0"], "--epochs"),
+        (["--lr", "-1"], "--lr"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--model", "ccnet", "--recurrence", "0"], "--recurrence"),
+        (["--backbone", "notanet"], "--backbone"),
+        (["--backbone", "resnet5O"], "did you mean resnet50"),
+        (["--device", "cuda:99"], "--device"),  # no such GPU, or no GPU at all
+        (["--device", "potato"], "--device"),
+        (["--momentum", "1.5"], "--momentum"),
+        (["--scale-range", "2", "1"], "--scale-range"),
+        (["--keep-checkpoints", "0"], "--keep-checkpoints"),
+        (["--model-arg", "notakey"], "--model-arg"),
+        (["--model-arg", "head_dropout"], "--model-arg"),
+        (["--model-arg", "dropout=0.2"], "DANet takes no argument 'dropout'; it takes"),
+        (["--model-arg", "backbone=resnet50"], "backbone is set by --backbone"),
+    ],
+)
+def test_bad_values_are_one_line_errors_before_anything_runs(tmp_path, capsys, flags, named):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as raised:
+        train.main([*TINY, "--out", str(out), *flags])
+    assert raised.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("train.py: error: ") and named in error, error
+    assert not out.exists()  # nothing trained, no folder made
+
+
+def test_a_start_that_failed_is_no_run_and_does_not_lock_its_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    missing = ["--dataset", "ade20k", "--data-root", str(tmp_path / "no-such-folder")]
+    assert train.main([*TINY, *missing, "--out", str(out)]) == 2  # fails after logging began
+    assert (out / "train.log").exists() and not list(out.glob("checkpoint*"))
+    assert train.main([*TINY, "--out", str(out), "--resume"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err  # nothing to resume, said so
+    assert train.main([*TINY, "--no-pictures", "--out", str(out)]) == 0  # not "already holds"
+    log = (out / "train.log").read_text()
+    assert "held no checkpoint: replaced train.log of a start that failed" in log
+    assert "ADEChallengeData2016" not in log  # the failed start's lines are gone
+    assert load(out / "checkpoint.pt")["iteration"] == 4
+
+
+def test_pictures_use_the_datasets_palette(trained):
+    from PIL import Image
+
+    with Image.open(trained / "predictions.png") as picture:
+        colours = {tuple(c) for c in np.asarray(picture.convert("RGB")).reshape(-1, 3)}
+    palette = dataset_palette("synthetic", len(train.SyntheticScenes.classes))
+    assert palette == bit_palette(7)  # attnblocks.pretrained's VOC colour map
+    assert set(palette) <= colours  # the legend's patches, at least

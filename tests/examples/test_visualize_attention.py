@@ -41,3 +41,19 @@ def test_help_shows_each_default_once(capsys):
     with pytest.raises(SystemExit):
         visualize_attention.main(["--help"])
     assert_each_default_shown_once(capsys.readouterr().out)
+
+
+def test_every_attention_map_has_a_colour_bar(trained, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    saved = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda fig, *a, **k: saved.append(fig) or savefig(fig, *a, **k)
+    )
+    visualize_attention.main(["--checkpoint", str(trained / "checkpoint.pt"), "--points", "10,10",
+                              "40,50", "--out", str(tmp_path / "attention.png")])  # fmt: skip
+    (figure,) = saved
+    bars = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    labels = sorted(bar.get_ylabel() for bar in bars)
+    assert labels == ["activation"] * 2 + ["attention weight"] * 2  # 2 PAM points, 2 CAM channels

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from attnblocks.inference import predict_labels
-from attnblocks.models import DANet
+from attnblocks.models import CCNet, DANet
 from attnblocks.pretrained import PretrainedConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,6 +73,18 @@ def test_predict_image_slides_the_configs_window_unless_told_otherwise():
                        flipped)  # fmt: skip
 
 
+def test_predict_image_takes_a_read_only_array_without_a_warning():
+    from PIL import Image
+
+    model = small_danet()
+    pixels = np.asarray(Image.fromarray(IMAGE))  # numpy's view of a PIL image is read-only
+    assert not pixels.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "The given NumPy array is not writable"
+        labels = model.predict_image(pixels)
+    assert torch.equal(labels, model.predict_image(IMAGE))
+
+
 def test_predict_image_needs_an_rgb_model():
     model = DANet("resnet18", num_classes=2, backbone_kwargs={"in_chans": 1})
     with pytest.raises(ValueError, match="takes RGB images; this model takes 1-channel input"):
@@ -94,6 +107,7 @@ def saved(tmp_path_factory):
         head_dropout=0.2, pretrained_config=CONFIG, backbone_kwargs={"zero_init_last": False},
     ).eval()  # fmt: skip
     model.head.attention.cam.gamma.data.fill_(0.3)
+    model.weights_source = "https://example.org/danet_sky_sea_sand.pth"
     model.save_pretrained(folder / "danet")
     weights.unlink()  # the saved model must not need the ImageNet file any more
     return model, folder / "danet"
@@ -145,6 +159,48 @@ def test_from_pretrained_is_strict(saved, tmp_path):
         DANet.from_pretrained(broken)
 
 
+def test_the_folder_records_the_class_and_the_source_of_the_weights(saved):
+    model, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_class"] == "DANet" and config["weights_source"] == model.weights_source
+    assert DANet.from_pretrained(folder).weights_source == model.weights_source  # kept on
+
+
+def test_from_pretrained_of_another_class_is_one_line_naming_the_right_one(tmp_path):
+    CCNet("resnet18", num_classes=3).save_pretrained(tmp_path / "ccnet")
+    with pytest.raises(ValueError) as raised:
+        DANet.from_pretrained(tmp_path / "ccnet")
+    message = str(raised.value)
+    assert message == (f"{tmp_path / 'ccnet'} holds a saved CCNet, not a DANet: load it with "
+                       "CCNet.from_pretrained")  # fmt: skip
+
+
+def test_a_folder_without_config_json_is_refused(saved, tmp_path):
+    _, folder = saved
+    bare = tmp_path / "weights-only"
+    bare.mkdir()
+    (bare / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"weights-only has no config\.json"):
+        DANet.from_pretrained(bare)
+
+
+def test_the_model_card_describes_the_model(saved):
+    model, folder = saved
+    card = (folder / "README.md").read_text()
+    assert "More Information Needed" not in card
+    assert card.startswith("---\n") and "library_name: attnblocks" in card
+    facts = [
+        "`attnblocks.models.DANet`",
+        "timm `resnet26`, output stride 16, multi-grid (1, 2)",
+        "| classes | 3: sky, sea, sand |",
+        f"| source checkpoint | {model.weights_source} |",
+        "mean (100.0, 110.0, 120.0)",
+        'DANet.from_pretrained("FOLDER_OR_HUB_ID")',
+    ]
+    for fact in facts:
+        assert fact in card, fact
+
+
 def test_without_huggingface_hub_the_package_works():
     script = textwrap.dedent(
         """
@@ -172,6 +228,8 @@ def test_without_huggingface_hub_the_package_works():
                 assert "pip install huggingface_hub safetensors" in str(error)
             else:
                 raise AssertionError("no ImportError")
+        import os
+        assert not os.path.exists("x")  # nothing written before the ImportError
         print("ok")
         """
     )
