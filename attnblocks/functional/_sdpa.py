@@ -283,7 +283,7 @@ def candidate_plans(
         for count in (parts,) if parts is not None else range(1, value_width + 1):
             plan = _plan(kernel, spec, dtype, qk_width, value_width, count)
             if parts is None and (count - 1) * plan.value_width >= value_width:
-                break  # from here on some part would hold nothing but padding
+                continue  # a part would hold nothing but padding
             if kernel_accepts(kernel, spec, dtype, plan.qk_width, plan.value_width, grad,
                               key_positions):  # fmt: skip
                 accepted.append(plan)
