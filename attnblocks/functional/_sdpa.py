@@ -123,6 +123,19 @@ class KernelPlan:
         return f"{self.kernel} {self.parts}x{self.qk_width}/{self.value_width}"
 
 
+def _read_device(device_type: str, index: int | None) -> tuple:
+    """``(type, capability, cuDNN version)`` of a device, read from torch."""
+    if device_type != "cuda":
+        return device_type, None, None
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return device_type, tuple(torch.cuda.get_device_capability(index)), cudnn
+
+
+if hasattr(torch.compiler, "assume_constant_result"):
+    # A compiled graph takes the reading as a constant instead of tracing torch's queries.
+    _read_device = torch.compiler.assume_constant_result(_read_device)
+
+
 def device_spec(device: torch.device) -> DeviceSpec:
     """The capability query: the :class:`DeviceSpec` of ``device``, read once per device.
 
@@ -132,11 +145,7 @@ def device_spec(device: torch.device) -> DeviceSpec:
     name = str(device)
     spec = _SPECS.get(name)
     if spec is None:
-        if device.type != "cuda":
-            spec = DeviceSpec(device.type)
-        else:
-            cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-            spec = DeviceSpec("cuda", tuple(torch.cuda.get_device_capability(device)), cudnn)
+        spec = DeviceSpec(*_read_device(device.type, device.index))
         if not torch.compiler.is_compiling():
             _SPECS[name] = spec
     return spec

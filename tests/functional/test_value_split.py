@@ -124,6 +124,20 @@ def test_cpu_default_splits_pams_values_to_the_query_width():
     assert relative_error(out, float64_attention(query, key, value)) < 1e-5
 
 
+def test_split_compiles_as_one_graph_before_any_eager_call(monkeypatch):
+    # The device reading and the plan happen while tracing (nothing cached from eager calls).
+    monkeypatch.setattr(_sdpa, "_SPECS", {})
+    monkeypatch.setattr(_sdpa, "_PLANS", {})
+    torch._dynamo.reset()
+    tensors = [t.detach() for t in qkv(1, 12, 12, key_dim=4, value_dim=16)]
+    compiled = torch.compile(
+        lambda q, k, v: position_attention(q, k, v, backend="sdpa"), backend="eager",
+        fullgraph=True,
+    )  # fmt: skip
+    out = compiled(*tensors)
+    assert relative_error(out, float64_attention(*tensors)) < 1e-5
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "8"])
 def test_bad_value_split_is_refused(bad):
     with pytest.raises(ValueError, match="value_split must be a positive int"):
