@@ -17,7 +17,8 @@ The pieces:
 - ``tests``: the CUDA tests (fused kernels and value splits against bmm, the kernel table
   against torch's own report for this card, the precision contract, ``auto``'s
   measurement) and the precision table at C=512.
-- ``pam-<dtype>-<mode>``: PAM C=512 at N = 4096, 16384, 32768, 65536, float32 or
+- ``pam-<dtype>-<mode>`` (``pam-<dtype>``: both modes): PAM C=512 at N = 4096, 16384,
+  32768, 65536, float32 or
   bfloat16/float16 autocast, forward or forward + backward: bmm, chunked (its default
   and 1024), sdpa (the dispatch's plan, each forced value split 1/2/4/8, each kernel
   forced with each split), auto (and what its measurement timed), and ``direct``
@@ -144,6 +145,19 @@ def pieces(out: Path, tag: str) -> dict[str, list[list[str]]]:
     return result
 
 
+def aliases(names: list[str]) -> dict[str, list[str]]:
+    """Short names for groups of pieces: ``pam-<dtype>`` runs both of its modes.
+
+    Args:
+        names: the pieces' names.
+    """
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        if name.startswith("pam-") and name.count("-") == 2:
+            groups.setdefault(name.rsplit("-", 1)[0], []).append(name)
+    return groups
+
+
 def dry(command: list[str]) -> list[str]:
     """``command`` at toy sizes on the CPU (see the module docstring)."""
     script = Path(command[1]).name if len(command) > 1 else ""
@@ -253,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}:")
             for command in commands:
                 print("    " + " ".join(command))
+        for alias, members in aliases(list(available)).items():
+            print(f"{alias}: {' + '.join(members)}")
         print("verdict:\n    (reads the pam-bfloat16-train table, writes acceptance-<tag>.md)")
         return 0
     if args.piece == "verdict":
@@ -261,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no CUDA GPU: the sweep needs one (torch.cuda.is_available() is False); "
                      "--dry-run runs a piece on the CPU at toy sizes")  # fmt: skip
     names = list(available) if args.piece == "all" else [args.piece]
+    names = [member for name in names for member in aliases(list(available)).get(name, [name])]
     unknown = [name for name in names if name not in available]
     if unknown:
         parser.error(f"unknown piece {unknown[0]!r}; expected one of {', '.join(available)}, "

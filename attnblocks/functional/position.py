@@ -392,7 +392,7 @@ def _attend(
                 f"({dtype}, query {tuple(query.shape)}, value {tuple(value.shape)}{split} on "
                 f"{query.device.type}, torch {torch.__version__}); using the 'chunked' "
                 "backend instead",
-                stacklevel=4,
+                stacklevel=3,  # the caller of position_attention
             )
             name = "chunked"
     if out is None:

@@ -60,6 +60,12 @@ def test_pieces_cover_tests_every_dtype_and_mode_cam_danet_and_training_steps(tm
     assert option(pieces["steps-ccnet"][0], "--models") == ["ccnet"]
 
 
+def test_pam_dtype_names_both_of_its_modes(tmp_path):
+    groups = sweep().aliases(list(sweep().pieces(tmp_path, "tag")))
+    assert groups == {f"pam-{dtype}": [f"pam-{dtype}-forward", f"pam-{dtype}-train"]
+                      for dtype in ("float32", "bfloat16", "float16")}  # fmt: skip
+
+
 def test_dry_run_shrinks_every_benchmark_to_toy_sizes_on_the_cpu(tmp_path):
     pieces = sweep().pieces(tmp_path, "dryrun")
     pam = sweep().dry(pieces["pam-float16-train"][0])
@@ -81,6 +87,7 @@ def test_list_prints_every_command():
     assert completed.returncode == 0, completed.stderr
     assert "pam-bfloat16-train:" in completed.stdout and "bench_precision.py" in completed.stdout
     assert "bench_steps.py" in completed.stdout and "verdict:" in completed.stdout
+    assert "pam-float16: pam-float16-forward + pam-float16-train" in completed.stdout
 
 
 def test_a_piece_runs_dry_on_the_cpu_and_writes_its_table(tmp_path):
