@@ -4,6 +4,14 @@ Every case runs the PAM or CAM module (1x1 projections included) on a
 ``(B, C, H, W)`` map with ``N = H * W`` positions, forward only or forward +
 backward, in float32 or under autocast (float16 / bfloat16).
 
+PAM's ``sdpa`` backend also runs as variants: its value width forced into
+``--value-splits`` parts, and forced onto each of ``--kernels`` (each kernel's cheapest
+split, and each forced split); a variant that no fused kernel takes is reported
+"rejected". The table names the plan that ran (``flash 8x64/64``: 8 value parts, query/key
+and part widths 64). ``direct`` is a reference, not a package backend: torch's
+memory-efficient kernel called as people call it, on the module's q, k, v in the
+autocast dtype (64/512 for C=512), without the precision contract's care.
+
 Measurement (``benchmarks/harness.py``):
 - time: median of ``--repeats`` runs after one warm-up run (a case whose warm-up
   alone takes longer than ``--long-case-seconds`` is timed by that single run),
@@ -37,9 +45,13 @@ import math
 import platform
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness, run as a script
 
@@ -60,9 +72,10 @@ from harness import (
 )
 
 from attnblocks import CAM, PAM
-from attnblocks.functional import _precision, last_attention_backend
+from attnblocks.functional import _autotune, _precision, _sdpa, last_attention_backend
 
 PAM_BACKENDS = ("bmm", "chunked", "sdpa", "auto")
+REFERENCES = ("direct",)  # not package backends: see the module docstring
 CAM_BACKENDS = ("bmm", "auto")
 QUICK = dict(sizes=[1024, 4096], dtypes=["float32"], chunk_sizes=[], repeats=3)
 FULL_SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
@@ -86,6 +99,16 @@ class Case:
     value_path: str = (
         "measured"  # low-precision value path: "measured" (the rule), "low", "float32"
     )
+    value_split: int | None = None  # sdpa: forced number of value parts
+    kernel: str | None = None  # sdpa: forced fused kernel ("flash", "efficient", "cudnn")
+
+    @property
+    def variant(self) -> str:
+        """The backend with what is forced on it: ``sdpa [flash, split 8]``, ``chunked``."""
+        forced = [part for part in (self.kernel,) if part]
+        if self.value_split is not None:
+            forced.append(f"split {self.value_split}")
+        return self.backend + (f" [{', '.join(forced)}]" if forced else "")
 
 
 @dataclasses.dataclass
@@ -95,6 +118,8 @@ class Result(Case):
     status: str = "ok"  # "ok", "oom", "skipped" or "error"
     detail: str = ""
     ran_backend: str | None = None
+    ran_plan: str | None = None  # the fused kernel's plan when sdpa ran
+    probe: dict | None = None  # auto on CUDA: what its measurement timed (seconds per candidate)
     seconds: float | None = None
     repeats: int = 0
     peak_bytes: int | None = None
@@ -134,14 +159,42 @@ def estimated_peak_bytes(case: Case) -> int:
     return 16 * case.batch * case.positions * case.channels * itemsize + 2**30
 
 
+class DirectSDPA(torch.nn.Module):
+    """PAM with its attention as one plain call of torch's memory-efficient kernel on q, k,
+    v as the convolutions give them (the autocast dtype): the ``direct`` reference.
+
+    Args:
+        pam: the PAM whose convolutions and gamma it uses.
+    """
+
+    def __init__(self, pam: PAM) -> None:
+        super().__init__()
+        self.pam = pam
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pam, (height, width) = self.pam, x.shape[-2:]
+        query, key, value = (
+            rearrange(conv(x), "b d h w -> b 1 (h w) d")
+            for conv in (pam.query_conv, pam.key_conv, pam.value_conv)
+        )
+        with _sdpa.sdpa_kernel([_sdpa.SDPBackend.EFFICIENT_ATTENTION]):
+            out = F.scaled_dot_product_attention(query, key, value, scale=1.0)
+        out = rearrange(out, "b 1 (h w) c -> b c h w", h=height, w=width)
+        return x + pam.gamma * out
+
+
 def build(case: Case) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """The module, its input and the output gradient for a case."""
     device = torch.device(case.device)
     torch.manual_seed(0)  # every backend of a configuration sees the same weights and input
     if case.block == "pam":
+        backend = "bmm" if case.backend in REFERENCES else case.backend
         module = PAM(
-            case.channels, backend=case.backend, chunk_size=case.chunk_size, gamma_init=0.5
-        )
+            case.channels, backend=backend, chunk_size=case.chunk_size, gamma_init=0.5,
+            value_split=case.value_split,
+        )  # fmt: skip
+        if case.backend == "direct":
+            module = DirectSDPA(module)
     else:
         module = CAM(case.channels, backend=case.backend, gamma_init=0.5)
     module = module.to(device)
@@ -168,6 +221,42 @@ def run_case_once(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, 
         module.zero_grad(set_to_none=True)
 
 
+@contextlib.contextmanager
+def only_kernel(device_type: str, kernel: str | None) -> Iterator[None]:
+    """Let the sdpa backend try only ``kernel`` on ``device_type`` (None: every kernel)."""
+    saved = _sdpa.KERNELS_BY_DEVICE[device_type]
+    if kernel is not None:
+        _sdpa.KERNELS_BY_DEVICE[device_type] = (kernel,)
+        _sdpa._PLANS.clear()
+    try:
+        yield
+    finally:
+        _sdpa.KERNELS_BY_DEVICE[device_type] = saved
+        _sdpa._PLANS.clear()
+
+
+def _ran(case: Case) -> tuple[str | None, str | None]:
+    """The backend and (for sdpa) the plan that ran the case's last call."""
+    if case.block != "pam":
+        return "bmm", None
+    if case.backend == "direct":
+        return "direct", "efficient 1 head"
+    ran = last_attention_backend()
+    plan = _sdpa.last_sdpa_plan() if ran == "sdpa" else None
+    return ran, None if plan is None else str(plan)
+
+
+def _rejected(case: Case) -> bool:
+    """Whether an sdpa variant did not run as forced (no fused kernel took it)."""
+    if case.backend != "sdpa" or (case.kernel is None and case.value_split is None):
+        return False
+    plan = _sdpa.last_sdpa_plan()
+    return last_attention_backend() != "sdpa" or (
+        (case.kernel is not None and plan.kernel != case.kernel)
+        or (case.value_split is not None and plan.parts != case.value_split)
+    )
+
+
 def measure_case(case: Case, repeats: int, long_case_seconds: float) -> dict:
     """Run one case in this process and measure it; a :class:`Result` as a dict."""
     result = Result(**dataclasses.asdict(case), gflop=model_gflop(case))
@@ -176,22 +265,39 @@ def measure_case(case: Case, repeats: int, long_case_seconds: float) -> dict:
         for dtype in _precision.LOW_PRECISION_DTYPES:
             _precision._LOW_PRECISION_IS_FASTER[(device.type, dtype)] = case.value_path == "low"
     try:
-        # A small copy of the case first: code pages and library workspaces loaded on first
-        # use would otherwise count as the case's memory.
-        small = dataclasses.replace(case, height=min(case.height, 16), width=min(case.width, 16))
-        run_case_once(*build(small), small)
-        module, x, grad = build(case)
-        measured = measure(lambda: run_case_once(module, x, grad, case), device, repeats,
-                           long_case_seconds)  # fmt: skip
+        with only_kernel(device.type, case.kernel), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a rejected variant's fallback warning
+            # A small copy of the case first: code pages and library workspaces loaded on
+            # first use would otherwise count as the case's memory.
+            small = dataclasses.replace(case, height=min(case.height, 16),
+                                        width=min(case.width, 16))  # fmt: skip
+            run_case_once(*build(small), small)
+            if _rejected(case):
+                result.status, result.detail = "rejected", "no fused kernel takes this plan"
+                return dataclasses.asdict(result)
+            module, x, grad = build(case)
+            if case.backend == "auto":  # its one-time measurement is not the case's time
+                before = _autotune.probe_timings()
+                run_case_once(module, x, grad, case)
+                probed = _autotune.probe_timings()
+                result.probe = next((probed[k] for k in probed if k not in before), None)
+            measured = measure(lambda: run_case_once(module, x, grad, case), device, repeats,
+                               long_case_seconds)  # fmt: skip
+            if _rejected(case):
+                result.status, result.detail = "rejected", "no fused kernel takes this plan"
+                return dataclasses.asdict(result)
         result.seconds, result.repeats = measured.seconds, measured.repeats
         result.peak_bytes, result.memory_method = measured.peak_bytes, measured.memory_method
         result.gflops = result.gflop / result.seconds
-        result.ran_backend = last_attention_backend() if case.block == "pam" else "bmm"
+        result.ran_backend, result.ran_plan = _ran(case)
     except (RuntimeError, torch.OutOfMemoryError) as error:
         reason = out_of_memory_reason(error)
-        if reason is None:
+        if reason is not None:
+            result.status, result.detail = "oom", reason
+        elif case.backend == "direct":  # no kernel for the direct call on this device
+            result.status, result.detail = "rejected", str(error).splitlines()[0][:200]
+        else:
             raise
-        result.status, result.detail = "oom", reason
     return dataclasses.asdict(result)
 
 
@@ -204,25 +310,31 @@ def measure_isolated(case: Case, repeats: int, long_case_seconds: float) -> Resu
     return Result(**payload)
 
 
+def _variants(block: str, backend: str, args: argparse.Namespace) -> list[tuple]:
+    """(chunk size, value split, kernel) of every case of one backend."""
+    if block == "pam" and backend == "chunked":
+        return [(chunk, None, None) for chunk in [None, *args.chunk_sizes]]
+    if block == "pam" and backend == "sdpa":
+        splits = [None, *args.value_splits]
+        return [(None, split, kernel) for kernel in [None, *args.kernels] for split in splits]
+    return [(None, None, None)]
+
+
 def make_cases(args: argparse.Namespace) -> list[Case]:
     cases = []
     for block in args.blocks:
-        backends = [
-            b for b in args.backends if b in (PAM_BACKENDS if block == "pam" else CAM_BACKENDS)
-        ]
+        valid = PAM_BACKENDS + REFERENCES if block == "pam" else CAM_BACKENDS
+        backends = [b for b in args.backends if b in valid]
         for dtype in args.dtypes:
             for mode in args.modes:
                 for backend in backends:
-                    chunks = [None]
-                    if block == "pam" and backend == "chunked":
-                        chunks += args.chunk_sizes
-                    for chunk_size in chunks:
+                    for chunk_size, value_split, kernel in _variants(block, backend, args):
                         for positions in args.sizes:
                             height, width = map_shape(positions)
                             cases.append(
                                 Case(block, backend, chunk_size, dtype, mode, positions, height,
                                      width, args.channels, args.batch, args.device,
-                                     args.value_path)
+                                     args.value_path, value_split, kernel)
                             )  # fmt: skip
     return cases
 
@@ -233,7 +345,7 @@ def _progress_line(r: Result) -> str:
         if r.status == "ok"
         else f"{r.status}: {r.detail}"
     )
-    config = f"{r.block} {r.backend:7} chunk={r.chunk_size} {r.dtype:8} {r.mode:7}"
+    config = f"{r.block} {r.variant:7} chunk={r.chunk_size} {r.dtype:8} {r.mode:7}"
     return f"{config} N={r.positions:6} {shown}"
 
 
@@ -253,7 +365,12 @@ def markdown_table(results: list[Result], ceilings: dict[str, float], header: st
     ]
     for r in results:
         ref = bmm.get((r.block, r.dtype, r.mode, r.positions))
-        backend = r.backend if r.backend != "auto" else f"auto -> {r.ran_backend}"
+        backend = r.variant
+        if r.status == "ok" and r.backend in ("auto", "sdpa"):
+            ran = r.ran_backend if r.backend == "auto" else ""
+            if r.ran_plan:
+                ran = f"{ran} ({r.ran_plan})" if ran else r.ran_plan
+            backend += f" -> {ran}"
         if r.value_path != "measured" and r.dtype != "float32":
             backend += f" [{r.value_path} value path]"
         chunk = "-" if r.chunk_size is None else str(r.chunk_size)
@@ -292,16 +409,16 @@ def plot(results: list[Result], out_dir: Path, stem: str) -> list[Path]:
     for block, mode, dtype in groups:
         fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
         members = [r for r in results if (r.block, r.mode, r.dtype) == (block, mode, dtype)]
-        lines = sorted({(r.backend, r.chunk_size or 0) for r in members})
-        for backend, chunk in lines:
+        lines = sorted({(r.variant, r.chunk_size or 0) for r in members})
+        for variant, chunk in lines:
             ok = [
                 r
                 for r in members
-                if (r.backend, r.chunk_size or 0) == (backend, chunk) and r.status == "ok"
+                if (r.variant, r.chunk_size or 0) == (variant, chunk) and r.status == "ok"
             ]
             if not ok:
                 continue
-            label = backend if not chunk else f"{backend} (chunk {chunk})"
+            label = variant if not chunk else f"{variant} (chunk {chunk})"
             n = [r.positions for r in ok]
             ax_time.plot(n, [r.seconds for r in ok], marker="o", label=label)
             ax_mem.plot(n, [r.peak_bytes / 2**20 for r in ok], marker="o", label=label)
@@ -335,8 +452,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cpu or cuda (default: cuda when there is one)")  # fmt: skip
     add("--blocks", nargs="+", default=["pam", "cam"], choices=["pam", "cam"],
         help="the blocks to time: PAM (position) and/or CAM (channel)")  # fmt: skip
-    add("--backends", nargs="+", default=list(PAM_BACKENDS), choices=PAM_BACKENDS,
-        help="backends to run (CAM runs only bmm and auto)")  # fmt: skip
+    add("--backends", nargs="+", default=list(PAM_BACKENDS), choices=PAM_BACKENDS + REFERENCES,
+        help="backends to run (CAM runs only bmm and auto); 'direct': the reference call of "
+             "torch's memory-efficient kernel")  # fmt: skip
+    add("--value-splits", nargs="*", type=int, default=[],
+        help="extra sdpa cases with the value width forced into this many parts")  # fmt: skip
+    add(
+        "--kernels",
+        nargs="*",
+        default=[],
+        choices=["flash", "efficient", "cudnn"],
+        help="extra sdpa cases forced onto each of these fused kernels (with each split)",
+    )
     add("--chunk-sizes", nargs="*", type=int, default=[256, 1024],
         help="explicit chunk sizes for the chunked backend, besides its default")  # fmt: skip
     add("--sizes", nargs="+", type=int, default=FULL_SIZES, help="numbers of positions N")

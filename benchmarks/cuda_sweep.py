@@ -1,19 +1,45 @@
 """The CUDA tests and the CUDA benchmark sweep, in pieces of under 10 minutes each.
 
 Every piece writes its files into ``--out`` with the card in their names
-(``attention-cuda-h100-torch2.14-pam-bfloat16.md``, ...); copy them into
+(``attention-cuda-h200-torch2.14-pam-bfloat16-train.md``, ...); copy them into
 ``benchmarks/results/`` to commit them. Run the pieces one by one where a GPU is lent
 for a few minutes at a time, or all in one go::
 
     python benchmarks/cuda_sweep.py --list
-    python benchmarks/cuda_sweep.py tests --out "$OUT"          # CUDA tests + precision table
-    python benchmarks/cuda_sweep.py pam-bfloat16 --out "$OUT"   # one benchmark piece
+    python benchmarks/cuda_sweep.py tests --out "$OUT"               # CUDA tests + precision
+    python benchmarks/cuda_sweep.py pam-bfloat16-train --out "$OUT"  # one benchmark piece
+    python benchmarks/cuda_sweep.py verdict --out "$OUT"             # the acceptance check
     python benchmarks/cuda_sweep.py all --out benchmarks/results
+    python benchmarks/cuda_sweep.py pam-float32-forward --dry-run --out /tmp/dry  # on CPU
+
+The pieces:
+
+- ``tests``: the CUDA tests (fused kernels and value splits against bmm, the kernel table
+  against torch's own report for this card, the precision contract, ``auto``'s
+  measurement) and the precision table at C=512.
+- ``pam-<dtype>-<mode>`` (``pam-<dtype>``: both modes): PAM C=512 at N = 4096, 16384,
+  32768, 65536, float32 or
+  bfloat16/float16 autocast, forward or forward + backward: bmm, chunked (its default
+  and 1024), sdpa (the dispatch's plan, each forced value split 1/2/4/8, each kernel
+  forced with each split), auto (and what its measurement timed), and ``direct``
+  (torch's memory-efficient kernel called on the autocast-dtype q, k, v): time and peak
+  memory, tables and plots.
+- ``cam``: CAM at the same sizes.
+- ``danet-<dtype>``: DANet R-50/R-101 inference and training steps per backend, batch 1.
+- ``steps-danet-<dtype>``, ``steps-ccnet``: whole training steps at 769x769 and
+  1024x2048, batch 2 (``bench_steps.py``).
+- ``verdict``: the issue's acceptance check on the bfloat16 training table (no GPU needed:
+  it reads the table): auto vs bmm and vs the direct memory-efficient call at N=32768.
+
+``--dry-run`` runs a piece's commands on this machine's CPU at toy sizes (N=64, 64x64
+images, resnet18, C=16, one repeat, one forced split and kernel), into file names tagged
+``dryrun``: a check that the commands parse and write their tables, not a measurement.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -27,30 +53,52 @@ from harness import default_out_dir, device_tag, torch_tag
 
 BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
-PAM_SIZES = ["4096", "8192", "16384", "32768", "65536"]
+PAM_SIZES = ["4096", "16384", "32768", "65536"]
 CUDA_TESTS = ["tests/functional/test_position_backends_cuda.py"]
+#: The acceptance check: bfloat16 autocast PAM C=512 forward + backward at N=32768.
+VERDICT_POSITIONS = 32768
+VERDICT_SPEEDUP_OVER_BMM = 3.0
+VERDICT_MEMORY_OF_BMM = 0.05
+VERDICT_SPEEDUP_OVER_DIRECT = 1.3
+# What --dry-run puts in place of each option it finds (toy sizes on the CPU); the file
+# names carry the dry run's tag already.
+DRY_OPTIONS = {
+    "--device": ["cpu"],
+    "--sizes": None,  # per script, below
+    "--backbones": ["resnet18"],
+    "--channels": ["16"],
+    "--repeats": ["1"],
+    "--chunk-sizes": ["32"],
+    "--value-splits": ["2"],  # one forced split and one forced kernel (on CPU: rejected)
+    "--kernels": ["efficient"],
+}
+DRY_SIZES = {"bench_attention.py": ["64"], "bench_danet.py": ["64x64"],
+             "bench_steps.py": ["64x64"]}  # fmt: skip
+# Options --dry-run adds where a command leaves them at their defaults.
+DRY_DEFAULTS = {
+    "bench_attention.py": ["--channels", "16", "--repeats", "1"],
+    "bench_danet.py": ["--repeats", "1"],
+    "bench_steps.py": ["--repeats", "1"],
+}
+
+
+def _script(name: str, *options: str) -> list[str]:
+    return [sys.executable, str(BENCHMARKS / name), *options]
 
 
 def _attention(stem: str, *options: str) -> list[str]:
-    return [sys.executable, str(BENCHMARKS / "bench_attention.py"), "--device", "cuda",
-            "--repeats", "5", "--give-up-seconds", "60", "--stem", stem, *options]  # fmt: skip
-
-
-def _danet(stem: str, *options: str) -> list[str]:
-    return [sys.executable, str(BENCHMARKS / "bench_danet.py"), "--device", "cuda",
-            "--backbones", "resnet50", "resnet101", "--sizes", "512x1024", "769x769",
-            "1024x2048", "--backends", "bmm", "chunked", "sdpa", "auto", "--stem", stem,
-            *options]  # fmt: skip
+    return _script("bench_attention.py", "--device", "cuda", "--repeats", "5",
+                   "--give-up-seconds", "60", "--stem", stem, *options)  # fmt: skip
 
 
 def card_tag() -> str:
-    """``cuda-h100-torch2.14``: the card and torch in file names (a placeholder without one)."""
+    """``cuda-h200-torch2.14``: the card and torch in file names (a placeholder without one)."""
     card = device_tag("cuda") if torch.cuda.is_available() else "cuda-CARD"
     return f"{card}-{torch_tag()}"
 
 
 def pieces(out: Path, tag: str) -> dict[str, list[list[str]]]:
-    """Each piece's commands, aimed to end well inside 10 minutes on an H100.
+    """Each piece's commands, each piece aimed to end well inside 10 minutes on an H200.
 
     Args:
         out: the output folder.
@@ -58,54 +106,193 @@ def pieces(out: Path, tag: str) -> dict[str, list[list[str]]]:
     """
     tests = [sys.executable, "-m", "pytest", "-q", "-rs", "--junit-xml",
              str(out / f"tests-{tag}.xml"), *CUDA_TESTS]  # fmt: skip
-    precision = [sys.executable, str(BENCHMARKS / "bench_precision.py"), "--device", "cuda",
-                 "--out", str(out), "--channels", "512"]  # fmt: skip
+    precision = _script("bench_precision.py", "--device", "cuda", "--out", str(out),
+                        "--channels", "512", "--stem", f"precision-{tag}-c512")  # fmt: skip
     result = {"tests": [tests, precision]}
-    for dtype in ("bfloat16", "float16", "float32"):
-        result[f"pam-{dtype}"] = [
-            _attention(f"attention-{tag}-pam-{dtype}", "--blocks", "pam", "--dtypes", dtype,
-                       "--sizes", *PAM_SIZES, "--chunk-sizes", "1024", "--out", str(out))
-        ]  # fmt: skip
+    for dtype in ("float32", "bfloat16", "float16"):
+        for mode in ("forward", "train"):
+            result[f"pam-{dtype}-{mode}"] = [
+                _attention(f"attention-{tag}-pam-{dtype}-{mode}", "--blocks", "pam",
+                           "--dtypes", dtype, "--modes", mode, "--sizes", *PAM_SIZES,
+                           "--backends", "bmm", "chunked", "sdpa", "auto", "direct",
+                           "--value-splits", "1", "2", "4", "8",
+                           "--kernels", "cudnn", "flash", "efficient",
+                           "--chunk-sizes", "1024", "--out", str(out))
+            ]  # fmt: skip
     result["cam"] = [
         _attention(f"attention-{tag}-cam", "--blocks", "cam", "--dtypes", "float32",
                    "bfloat16", "float16", "--sizes", *PAM_SIZES, "--out", str(out))
     ]  # fmt: skip
     for dtype in ("bfloat16", "float32"):
         result[f"danet-{dtype}"] = [
-            _danet(f"danet-{tag}-{dtype}", "--dtypes", dtype, "--out", str(out))
-        ]
+            _script("bench_danet.py", "--device", "cuda", "--backbones", "resnet50",
+                    "resnet101", "--sizes", "512x1024", "769x769", "1024x2048", "--backends",
+                    "bmm", "chunked", "sdpa", "auto", "--dtypes", dtype, "--stem",
+                    f"danet-{tag}-{dtype}", "--out", str(out))
+        ]  # fmt: skip
+    for dtype in ("float32", "bfloat16"):
+        result[f"steps-danet-{dtype}"] = [
+            _script("bench_steps.py", "--device", "cuda", "--models", "danet", "--backbones",
+                    "resnet50", "resnet101", "--sizes", "769x769", "1024x2048", "--batch", "2",
+                    "--dtypes", dtype, "--stem", f"steps-danet-{tag}-{dtype}", "--out", str(out))
+        ]  # fmt: skip
+    result["steps-ccnet"] = [
+        _script("bench_steps.py", "--device", "cuda", "--models", "ccnet", "--backbones",
+                "resnet50", "resnet101", "--sizes", "769x769", "1024x2048", "--batch", "2",
+                "--dtypes", "float32", "bfloat16", "--stem", f"steps-ccnet-{tag}",
+                "--out", str(out))
+    ]  # fmt: skip
     return result
+
+
+def aliases(names: list[str]) -> dict[str, list[str]]:
+    """Short names for groups of pieces: ``pam-<dtype>`` runs both of its modes.
+
+    Args:
+        names: the pieces' names.
+    """
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        if name.startswith("pam-") and name.count("-") == 2:
+            groups.setdefault(name.rsplit("-", 1)[0], []).append(name)
+    return groups
+
+
+def dry(command: list[str]) -> list[str]:
+    """``command`` at toy sizes on the CPU (see the module docstring)."""
+    script = Path(command[1]).name if len(command) > 1 else ""
+    if script not in DRY_SIZES and script != "bench_precision.py":
+        return list(command)  # pytest: the CUDA tests skip themselves without a GPU
+    result, index = [], 0
+    while index < len(command):
+        part = command[index]
+        if part in DRY_OPTIONS:
+            values = DRY_OPTIONS[part] if part != "--sizes" else DRY_SIZES[script]
+            index += 1
+            while index < len(command) and not command[index].startswith("--"):
+                index += 1  # drop the piece's own values
+            result += [part, *values]
+            continue
+        result.append(part)
+        index += 1
+    defaults = DRY_DEFAULTS.get(script, [])
+    for flag, value in zip(defaults[::2], defaults[1::2]):
+        if flag not in result:
+            result += [flag, value]
+    return result
+
+
+def _case(cases: list[dict], **fields: object) -> dict | None:
+    return next((c for c in cases if all(c.get(k) == v for k, v in fields.items())), None)
+
+
+def verdict(table: Path) -> tuple[bool, str]:
+    """The acceptance check on a ``pam-bfloat16-train`` table (``bench_attention.py`` JSON).
+
+    Holds when ``auto`` (PAM's default) at N=32768 is at least 3x faster than bmm at
+    most 0.05x its peak memory, and at least 1.3x faster than the ``direct`` call.
+
+    Args:
+        table: the JSON file.
+
+    Returns:
+        Whether it holds, and a report in Markdown.
+    """
+    payload = json.loads(table.read_text())
+    cases = [c for c in payload["cases"] if c["status"] == "ok"]
+    select = {"dtype": "bfloat16", "mode": "train", "positions": VERDICT_POSITIONS,
+              "value_split": None, "kernel": None}  # fmt: skip
+    auto = _case(cases, backend="auto", **select)
+    bmm = _case(cases, backend="bmm", **select)
+    direct = _case(cases, backend="direct", **select)
+    lines = [f"Acceptance check on {payload['device']}, torch {payload['torch']}: bfloat16 "
+             f"autocast PAM C=512 forward + backward at N={VERDICT_POSITIONS} ({table.name}).",
+             ""]  # fmt: skip
+    if auto is None or bmm is None or direct is None:
+        missing = [n for n, c in (("auto", auto), ("bmm", bmm), ("direct", direct)) if c is None]
+        lines.append(f"- **not decided**: no measured row for {', '.join(missing)}")
+        return False, "\n".join(lines) + "\n"
+    checks = [
+        ("time bmm / auto", bmm["seconds"] / auto["seconds"], ">=", VERDICT_SPEEDUP_OVER_BMM),
+        ("peak auto / bmm", auto["peak_bytes"] / bmm["peak_bytes"], "<=", VERDICT_MEMORY_OF_BMM),
+        ("time direct / auto", direct["seconds"] / auto["seconds"], ">=",
+         VERDICT_SPEEDUP_OVER_DIRECT),
+    ]  # fmt: skip
+    holds = True
+    ran = auto["ran_backend"] + (f" ({auto['ran_plan']})" if auto.get("ran_plan") else "")
+    lines.append(
+        f"auto ran {ran}: {auto['seconds'] * 1e3:.1f} ms, "
+        f"{auto['peak_bytes'] / 2**20:.0f} MiB; bmm {bmm['seconds'] * 1e3:.1f} ms, "
+        f"{bmm['peak_bytes'] / 2**20:.0f} MiB; direct {direct['seconds'] * 1e3:.1f} ms."
+    )
+    lines.append("")  # fmt: skip
+    for name, value, sense, bound in checks:
+        ok = value >= bound if sense == ">=" else value <= bound
+        holds = holds and ok
+        lines.append(f"- {name} = {value:.3f} (needs {sense} {bound}): {'yes' if ok else '**no**'}")
+    lines += ["", f"Holds: {'yes' if holds else '**no**'}"]
+    return holds, "\n".join(lines) + "\n"
+
+
+def _run_verdict(out: Path, tag: str) -> int:
+    table = out / f"attention-{tag}-pam-bfloat16-train.json"
+    if not table.exists():
+        print(f"no {table}: run the pam-bfloat16-train piece first", file=sys.stderr)
+        return 1
+    holds, report = verdict(table)
+    (out / f"acceptance-{tag}.md").write_text(report)
+    print(report)
+    return 0 if holds else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("piece", nargs="?", help="a piece's name (see --list), or 'all'")
+    parser.add_argument("piece", nargs="?", help="a piece's name (see --list), 'verdict' or 'all'")
     parser.add_argument("--list", action="store_true", help="list the pieces and their commands")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run the piece on this CPU at toy sizes (no GPU needed)",
+    )
     parser.add_argument("--out", type=Path, default=default_out_dir(), help="output folder")
+    parser.add_argument("--tag", help="device/torch tag of the file names (default: the card's)")
     args = parser.parse_args(argv)
+    tag = args.tag or (f"dryrun-{device_tag('cpu')}-{torch_tag()}" if args.dry_run
+                       else card_tag())  # fmt: skip
+    available = pieces(args.out, tag)
     if args.list or args.piece is None:
         if not torch.cuda.is_available():
             print("(no CUDA GPU here: file names below would carry the card's name)")
-        for name, commands in pieces(args.out, card_tag()).items():
+        for name, commands in available.items():
             print(f"{name}:")
             for command in commands:
                 print("    " + " ".join(command))
+        for alias, members in aliases(list(available)).items():
+            print(f"{alias}: {' + '.join(members)}")
+        print("verdict:\n    (reads the pam-bfloat16-train table, writes acceptance-<tag>.md)")
         return 0
-    if not torch.cuda.is_available():
-        parser.error("no CUDA GPU: the sweep needs one (torch.cuda.is_available() is False)")
-    available = pieces(args.out, card_tag())
+    if args.piece == "verdict":
+        return _run_verdict(args.out, tag)
+    if not torch.cuda.is_available() and not args.dry_run:
+        parser.error("no CUDA GPU: the sweep needs one (torch.cuda.is_available() is False); "
+                     "--dry-run runs a piece on the CPU at toy sizes")  # fmt: skip
     names = list(available) if args.piece == "all" else [args.piece]
+    names = [member for name in names for member in aliases(list(available)).get(name, [name])]
     unknown = [name for name in names if name not in available]
     if unknown:
-        parser.error(f"unknown piece {unknown[0]!r}; expected one of {', '.join(available)}, all")
+        parser.error(f"unknown piece {unknown[0]!r}; expected one of {', '.join(available)}, "
+                     "verdict, all")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for name in names:
         for command in available[name]:
+            command = dry(command) if args.dry_run else command
             started = time.perf_counter()
             print(f"[{name}] {' '.join(command)}", flush=True)
             failed += subprocess.run(command, cwd=ROOT).returncode != 0
             print(f"[{name}] {time.perf_counter() - started:.0f} s", flush=True)
+    if args.piece == "all" and not args.dry_run:
+        failed += _run_verdict(args.out, tag) != 0
     return 1 if failed else 0
 
 

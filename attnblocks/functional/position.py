@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .._validation import check_float_tensor
+from .._validation import check_float_tensor, check_positive_int
+from . import _autotune
+from ._autotune import Candidate
 from ._backends import (
     POSITION_BACKENDS,
     PositionBackend,
@@ -37,13 +40,13 @@ from ._precision import (
     low_precision_is_faster,
     value_path_dtype,
 )
-from ._sdpa import sdpa_position_attention
+from ._sdpa import KERNELS_BY_DEVICE, device_spec, sdpa_position_attention
 
 _TOKEN_AXES = ("batch", "positions", "features")
 #: ``"auto"`` uses bmm while one image's ``N_q x N_k`` attention matrix takes at most this
 #: many bytes (and the batch's fit in free memory).
 BMM_MAX_MATRIX_BYTES = 64 * 2**20
-_AUTOMATIC_CHOICES: dict[tuple, str] = {}  # "auto"'s decision per device, dtype, ..., shape
+_AUTOMATIC_CHOICES: dict[tuple, Candidate] = {}  # "auto"'s decision per device, dtype, shape...
 
 
 def _check_query_key(query: Tensor, key: Tensor) -> None:
@@ -176,7 +179,25 @@ def _cgroup_headroom() -> int | None:
     return None
 
 
-def _automatic_backend(query: Tensor, key: Tensor, value: Tensor | None) -> str:
+def _check_value_split(value_split: int | None, value: Tensor | None) -> int | None:
+    if value_split is None:
+        return None
+    check_positive_int("value_split", value_split)
+    if value is not None and value_split > value.shape[-1]:
+        raise ValueError(
+            f"value_split must be at most the value width {value.shape[-1]} (every part holds "
+            f"at least one feature), got {value_split}"
+        )
+    return value_split
+
+
+def _automatic_backend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor | None,
+    chunk_size: int | None = None,
+    value_split: int | None = None,
+) -> Candidate:
     """``"auto"``'s choice: see :func:`select_position_backend`.
 
     Decided once per device, dtype, precision, shape and whether gradients are needed,
@@ -189,13 +210,18 @@ def _automatic_backend(query: Tensor, key: Tensor, value: Tensor | None) -> str:
     if torch.compiler.is_compiling():
         # A compiled graph holds no memory reading and keys no cache by exact sizes (that would
         # recompile per size): the rule's size test becomes a guard on a range of sizes.
-        return _choose_automatically(query, key_positions, low, training)
-    shape_key = (query.device, query.dtype, low, training, batch, query_positions, key_positions)
+        return Candidate(_choose_automatically(query, key_positions, low, training), value_split)
+    value_dtype = None if value is None else value.dtype
+    value_width = None if value is None else value.shape[-1]
+    shape_key = (query.device, query.dtype, value_dtype, low, training, batch, query_positions,
+                 key_positions, value_width, chunk_size, value_split)  # fmt: skip
     choice = _AUTOMATIC_CHOICES.get(shape_key)
     if choice is None:
-        choice = _AUTOMATIC_CHOICES[shape_key] = _choose_automatically(
-            query, key_positions, low, training
-        )
+        rule = Candidate(_choose_automatically(query, key_positions, low, training), value_split)
+        choice = rule
+        if value is not None and _autotune.probes(query.device):
+            choice = _probed_backend(query, key, value, low, training, chunk_size, rule)
+        _AUTOMATIC_CHOICES[shape_key] = choice
     return choice
 
 
@@ -204,15 +230,10 @@ def _choose_automatically(
 ) -> str:
     device = query.device
     low_is_fast = low is not None and low_precision_is_faster(device, low)
-    itemsize = torch.empty((), dtype=attention_dtype(query.dtype)).element_size()
-    matrix_bytes = query.shape[1] * key_positions * itemsize  # one image's N_q x N_k matrix
-    free = _free_memory(device)
-    # Forward and backward of bmm hold about three such matrices (weights, their grad, a temporary).
-    fits = free is None or 4 * query.shape[0] * matrix_bytes <= free
     # bmm's value path runs in the low-precision dtype (autocast's, or half inputs'); where the
     # device multiplies that slower than float32, the memory-efficient backends, whose value
     # path then runs in float32, beat bmm at every size.
-    if matrix_bytes <= BMM_MAX_MATRIX_BYTES and fits and (low is None or low_is_fast):
+    if _bmm_fits(query, query.shape[1], key_positions) and (low is None or low_is_fast):
         return "bmm"
     if device.type != "cuda":
         return "chunked"  # on CPU the chunked loop beats torch's flash kernel (benchmarks/)
@@ -220,6 +241,73 @@ def _choose_automatically(
     # training under low precision: chunked, whose value path runs on the low-precision units
     # and whose backward holds the precision contract (sdpa's would run in float32).
     return "chunked" if low_is_fast and training else "sdpa"
+
+
+def _bmm_fits(query: Tensor, query_positions: int, key_positions: int) -> bool:
+    """Whether bmm's matrices for these sizes stay within the memory rule of "auto"."""
+    itemsize = torch.empty((), dtype=attention_dtype(query.dtype)).element_size()
+    matrix_bytes = query_positions * key_positions * itemsize  # one image's N_q x N_k matrix
+    free = _free_memory(query.device)
+    # Forward and backward of bmm hold about three such matrices (weights, their grad, a temporary).
+    fits = free is None or 4 * query.shape[0] * matrix_bytes <= free
+    return matrix_bytes <= BMM_MAX_MATRIX_BYTES and fits
+
+
+def _probed_backend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    low: torch.dtype | None,
+    training: bool,
+    chunk_size: int | None,
+    rule: Candidate,
+) -> Candidate:
+    """``"auto"`` by measurement (``_autotune.py``): the fastest candidate of the shape class
+    (``rule`` when none can run); a forced value split (in ``rule``) holds for every sdpa one."""
+    device, value_split = query.device, rule.value_split
+    query_class, key_class = _autotune.bucket(query.shape[1]), _autotune.bucket(key.shape[1])
+    spec = device_spec(device)
+    shared_key = (device.type, spec.capability, spec.cudnn, query.dtype, value.dtype, low,
+                  training, query.shape[0], query.shape[2], value.shape[2], query_class,
+                  key_class, chunk_size, value_split)  # fmt: skip
+    kernels = KERNELS_BY_DEVICE[device.type]
+    candidates = [Candidate("sdpa", value_split, kernel) for kernel in kernels]
+    candidates.append(Candidate("chunked"))
+    if _bmm_fits(query, query_class, key_class):  # for the largest sizes of the class
+        candidates.append(Candidate("bmm"))
+    return _autotune.decide(
+        (str(device), *shared_key), shared_key, candidates,
+        _probe_runner(query, key, value, training, chunk_size), device, rule, collective=training,
+    )  # fmt: skip
+
+
+def _probe_runner(
+    query: Tensor, key: Tensor, value: Tensor, training: bool, chunk_size: int | None
+) -> Callable[[Candidate], bool]:
+    """A function that runs one candidate once, forward (and backward when ``training``), on
+    random inputs of these shapes and dtypes, drawn apart from the global random stream."""
+    generator = torch.Generator(device=query.device).manual_seed(0)
+
+    def like(tensor: Tensor) -> Tensor:
+        drawn = torch.randn(tensor.shape, generator=generator, device=tensor.device)
+        return drawn.to(tensor.dtype).requires_grad_(training and tensor.requires_grad)
+
+    inputs = [like(tensor) for tensor in (query, key, value)]
+    out_shape = (query.shape[0], query.shape[1], value.shape[2])
+    grad = torch.randn(out_shape, generator=generator, device=value.device)
+
+    def run(candidate: Candidate) -> bool:
+        with torch.set_grad_enabled(training):
+            out, ran = _attend(*inputs, candidate.backend, chunk_size, None,
+                               candidate.value_split, candidate.kernel, fallback=False)  # fmt: skip
+            if out is None or ran != candidate.backend:
+                return False
+            if training:
+                wanted = [tensor for tensor in inputs if tensor.requires_grad]
+                torch.autograd.grad(out, wanted, grad.to(out.dtype))
+        return True
+
+    return run
 
 
 def select_position_backend(
@@ -230,6 +318,10 @@ def select_position_backend(
     An explicit backend is used as named; ``"auto"`` becomes the global override
     (:func:`set_attention_backend`, ``$ATTNBLOCKS_BACKEND``) when one is set, else:
 
+    - on CUDA, when ``value`` is given: the fastest of bmm (where its matrices fit, as
+      below), chunked and the fused kernels with their value splits, measured once per
+      shape class on the call's shapes (under ``torch.distributed`` in training, rank 0
+      measures and every rank runs its choice); while ``torch.compile`` traces, the rule:
     - ``"bmm"`` while one image's ``N_q x N_k`` matrix takes at most
       :data:`BMM_MAX_MATRIX_BYTES`, the batch's fit in free memory, and the call runs in
       float32/float64 or in a low-precision dtype that the device multiplies faster than
@@ -248,10 +340,64 @@ def select_position_backend(
         value: the value features, when known: half-precision values make a
             low-precision call as autocast does.
     """
+    return _resolve(query, key, value, backend, None, None).backend
+
+
+def _resolve(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor | None,
+    backend: str,
+    value_split: int | None,
+    chunk_size: int | None,
+) -> Candidate:
+    """The backend, value split and kernel a call runs."""
     check_backend(backend, POSITION_BACKENDS)
     if backend != "auto":
-        return backend
-    return get_attention_backend() or _automatic_backend(query, key, value)
+        return Candidate(backend, value_split)
+    override = get_attention_backend()
+    if override is not None:
+        return Candidate(override, value_split)
+    return _automatic_backend(query, key, value, chunk_size, value_split)
+
+
+def _attend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    name: str,
+    chunk_size: int | None,
+    scale: float | None,
+    value_split: int | None = None,
+    kernel: str | None = None,
+    fallback: bool = True,
+) -> tuple[Tensor | None, str | None]:
+    """The attended values by backend ``name`` and the backend that ran; ``(None, None)``
+    when ``"sdpa"`` finds no fused kernel and ``fallback`` is False."""
+    value_dtype = value.dtype
+    if name == "bmm":
+        return _position_attention_bmm(query, key, value, scale).to(value_dtype), name
+    dtype = attention_dtype(torch.promote_types(query.dtype, key.dtype))
+    query, key = _scaled(query.to(dtype), scale), key.to(dtype)
+    value = value.to(value_path_dtype(value, dtype))  # low precision where it is faster
+    out = None
+    if name == "sdpa":
+        out = sdpa_position_attention(query, key, value, value_split, kernel)
+        if out is None:
+            if not fallback:
+                return None, None
+            split = "" if value_split is None else f", value split into {value_split}"
+            warnings.warn(
+                f"no fused scaled_dot_product_attention kernel accepts these inputs "
+                f"({dtype}, query {tuple(query.shape)}, value {tuple(value.shape)}{split} on "
+                f"{query.device.type}, torch {torch.__version__}); using the 'chunked' "
+                "backend instead",
+                stacklevel=3,  # the caller of position_attention
+            )
+            name = "chunked"
+    if out is None:
+        out = chunked_position_attention(query, key, value, chunk_size)
+    return out.to(value_dtype), name
 
 
 def position_attention(
@@ -262,6 +408,7 @@ def position_attention(
     backend: PositionBackend = "auto",
     chunk_size: int | None = None,
     scale: float | None = None,
+    value_split: int | None = None,
 ) -> Tensor:
     """``softmax(scale * query @ key^T) @ value`` by the chosen backend; no scaling by default.
 
@@ -271,7 +418,9 @@ def position_attention(
     - ``"chunked"``: query chunks, ``O(N * chunk)`` memory in forward and backward
       (first-order gradients only: no double backward).
     - ``"sdpa"``: torch's fused ``scaled_dot_product_attention`` (never its MATH
-      kernel); falls back to ``"chunked"`` with a warning when no fused kernel fits.
+      kernel), the value width split into equal parts (heads of the kernel) where that
+      lets a faster kernel take the call; falls back to ``"chunked"`` with a warning
+      when no fused kernel fits.
     - ``"auto"``: see :func:`select_position_backend`.
 
     Args:
@@ -283,6 +432,10 @@ def position_attention(
             a memory budget (:func:`chunk_size_for_memory`). Ignored by the others.
         scale: factor on the energies; None (the default, PAM as the authors wrote it)
             means none, ``D ** -0.5`` gives scaled dot-product attention.
+        value_split: ``"sdpa"`` only: split the value width into this many equal parts
+            (the last ones zero-padded when it does not divide); None lets the dispatch
+            choose the kernel and split from what torch's kernels accept. Ignored by
+            ``"bmm"`` and ``"chunked"``.
 
     Returns:
         ``(B, N_q, D_v)`` attended values in the value's dtype. Energies and softmax
@@ -301,25 +454,9 @@ def position_attention(
             "value must have the batch size and number of positions of key, got key "
             f"{tuple(key.shape)} and value {tuple(value.shape)}"
         )
-    name = select_position_backend(query, key, backend, value=value)
-    value_dtype = value.dtype
-    if name == "bmm":
-        out = _position_attention_bmm(query, key, value, scale)
-    else:
-        dtype = attention_dtype(torch.promote_types(query.dtype, key.dtype))
-        query, key = _scaled(query.to(dtype), scale), key.to(dtype)
-        value = value.to(value_path_dtype(value, dtype))  # low precision where it is faster
-        out = sdpa_position_attention(query, key, value) if name == "sdpa" else None
-        if out is None:
-            if name == "sdpa":
-                warnings.warn(
-                    f"no fused scaled_dot_product_attention kernel accepts these inputs "
-                    f"({dtype}, query {tuple(query.shape)}, value {tuple(value.shape)} on "
-                    f"{query.device.type}, torch {torch.__version__}); using the 'chunked' "
-                    "backend instead",
-                    stacklevel=2,
-                )
-                name = "chunked"
-            out = chunked_position_attention(query, key, value, chunk_size)
-    record_backend(name)
-    return out.to(value_dtype)
+    value_split = _check_value_split(value_split, value)
+    choice = _resolve(query, key, value, backend, value_split, chunk_size)
+    out, ran = _attend(query, key, value, choice.backend, chunk_size, scale, choice.value_split,
+                       choice.kernel)  # fmt: skip
+    record_backend(ran)
+    return out

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .._validation import check_feature_map, check_reduced_channels
+from .._validation import check_feature_map, check_positive_int, check_reduced_channels
 from ..functional._backends import (
     POSITION_BACKENDS,
     PositionBackend,
@@ -59,6 +59,10 @@ class PAM(nn.Module):
         chunk_size: query positions per chunk for memory-efficient backends
             (None: chosen by the backend).
         gamma_init: initial value of the learnable residual scale ``gamma``.
+        value_split: for the ``"sdpa"`` backend (also when ``"auto"`` picks it): split the
+            value width into this many equal parts, the heads of a fused kernel; None lets
+            the dispatch choose from what torch's kernels accept
+            (:func:`attnblocks.functional.position_attention`).
         device: device of the parameters.
         dtype: dtype of the parameters.
     """
@@ -70,6 +74,7 @@ class PAM(nn.Module):
         backend: PositionBackend = "auto",
         chunk_size: int | None = None,
         gamma_init: float = 0.0,
+        value_split: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -79,6 +84,12 @@ class PAM(nn.Module):
         self.channels = channels
         self.backend = check_backend(backend, POSITION_BACKENDS)
         self.chunk_size = check_chunk_size(chunk_size)
+        if value_split is not None and check_positive_int("value_split", value_split) > channels:
+            raise ValueError(
+                f"value_split must be at most channels={channels} (the value width), "
+                f"got {value_split}"
+            )
+        self.value_split = value_split
         self.query_conv, self.key_conv, self.value_conv = query_key_value_convs(
             channels, self.key_channels, **dd
         )
@@ -123,8 +134,9 @@ class PAM(nn.Module):
         query, key = self._query_key(x)
         value = rearrange(self.value_conv(x), "b c h w -> b (h w) c")
         attended = position_attention(
-            query, key, value, backend=self.backend, chunk_size=self.chunk_size
-        )
+            query, key, value, backend=self.backend, chunk_size=self.chunk_size,
+            value_split=self.value_split,
+        )  # fmt: skip
         attended = rearrange(attended, "b (h w) c -> b c h w", h=height, w=width)
         return torch.addcmul(
             x, self.gamma.to(x.dtype), attended.to(x.dtype)
@@ -168,5 +180,6 @@ class PAM(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, key_channels={self.key_channels}, "
-            f"backend={self.backend!r}, chunk_size={self.chunk_size}"
+            f"backend={self.backend!r}, chunk_size={self.chunk_size}, "
+            f"value_split={self.value_split}"
         )

@@ -16,7 +16,8 @@ SCRIPT = scripts.BENCHMARKS / "bench_attention.py"
 CASE_FIELDS = {
     "block", "backend", "chunk_size", "dtype", "mode", "positions", "height", "width",
     "channels", "batch", "device", "status", "detail", "ran_backend", "seconds", "repeats",
-    "peak_bytes", "memory_method", "gflop", "gflops", "value_path",
+    "peak_bytes", "memory_method", "gflop", "gflops", "value_path", "value_split", "kernel",
+    "ran_plan", "probe",
 }  # fmt: skip
 
 
@@ -97,3 +98,20 @@ def test_forced_value_path_reaches_the_rule_and_the_table(monkeypatch, value_pat
         assert _precision.value_path_dtype(probe, torch.float32) == expected
     table = script.markdown_table([result], {}, "header")
     assert f"| chunked [{value_path} value path] |" in table
+
+
+@pytest.mark.parametrize(
+    ("value_split", "kernel", "status", "plan", "label"),
+    [
+        (None, None, "ok", "flash 8x2/2", "| sdpa -> flash 8x2/2 |"),
+        (2, None, "ok", "flash 2x8/8", "| sdpa [split 2] -> flash 2x8/8 |"),
+        (None, "efficient", "rejected", None, "| sdpa [efficient] |"),  # a CUDA kernel
+    ],
+)  # fmt: skip
+def test_sdpa_variants_report_the_plan_that_ran(value_split, kernel, status, plan, label):
+    script = load_script()
+    case = script.Case("pam", "sdpa", None, "float32", "forward", 64, 8, 8, 16, 1, "cpu",
+                       "measured", value_split, kernel)  # fmt: skip
+    result = script.Result(**script.measure_case(case, repeats=1, long_case_seconds=1.0))
+    assert (result.status, result.ran_plan) == (status, plan)
+    assert label in script.markdown_table([result], {}, "header")

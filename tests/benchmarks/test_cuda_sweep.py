@@ -1,5 +1,7 @@
-"""benchmarks/cuda_sweep.py: its pieces, and a clear refusal without a GPU."""
+"""benchmarks/cuda_sweep.py: its pieces, the dry run on CPU, the acceptance verdict, and a
+clear refusal without a GPU."""
 
+import json
 import subprocess
 import sys
 
@@ -11,18 +13,71 @@ from tests.benchmarks import scripts
 SCRIPT = scripts.BENCHMARKS / "cuda_sweep.py"
 
 
-def test_pieces_cover_tests_every_dtype_cam_and_danet(tmp_path):
-    sweep = scripts.load("cuda_sweep")
-    pieces = sweep.pieces(tmp_path, "cuda-test-torch0.0")
-    assert set(pieces) == {"tests", "pam-bfloat16", "pam-float16", "pam-float32", "cam",
-                           "danet-bfloat16", "danet-float32"}  # fmt: skip
+def sweep():
+    return scripts.load("cuda_sweep")
+
+
+def option(command, flag):
+    """The values after ``flag`` in ``command``."""
+    start = command.index(flag) + 1
+    end = next((i for i in range(start, len(command)) if command[i].startswith("--")),
+               len(command))  # fmt: skip
+    return command[start:end]
+
+
+def test_pieces_cover_tests_every_dtype_and_mode_cam_danet_and_training_steps(tmp_path):
+    pieces = sweep().pieces(tmp_path, "cuda-test-torch0.0")
+    pam = {f"pam-{dtype}-{mode}" for dtype in ("float32", "bfloat16", "float16")
+           for mode in ("forward", "train")}  # fmt: skip
+    assert (
+        set(pieces)
+        == {
+            "tests",
+            "cam",
+            "danet-bfloat16",
+            "danet-float32",
+            "steps-danet-float32",
+            "steps-danet-bfloat16",
+            "steps-ccnet",
+        }
+        | pam
+    )
     for commands in pieces.values():
         for command in commands:
             assert any(str(tmp_path) in part for part in command), command  # all in --out
-            if "bench_attention.py" in command[1] or "bench_danet.py" in command[1]:
-                stem = command[command.index("--stem") + 1]
-                assert stem.startswith(("attention-cuda-test", "danet-cuda-test")), stem
-    assert "bfloat16" in pieces["pam-bfloat16"][0] and "float16" in pieces["pam-float16"][0]
+            if "--stem" in command:
+                assert "cuda-test-torch0.0" in option(command, "--stem")[0]
+    command = pieces["pam-bfloat16-train"][0]
+    assert option(command, "--sizes") == ["4096", "16384", "32768", "65536"]
+    assert option(command, "--dtypes") == ["bfloat16"] and option(command, "--modes") == ["train"]
+    assert option(command, "--backends") == ["bmm", "chunked", "sdpa", "auto", "direct"]
+    assert option(command, "--value-splits") == ["1", "2", "4", "8"]
+    assert option(command, "--kernels") == ["cudnn", "flash", "efficient"]
+    for name in ("steps-danet-float32", "steps-ccnet"):
+        steps = pieces[name][0]
+        assert option(steps, "--sizes") == ["769x769", "1024x2048"]
+        assert option(steps, "--batch") == ["2"]
+    assert option(pieces["steps-ccnet"][0], "--models") == ["ccnet"]
+
+
+def test_pam_dtype_names_both_of_its_modes(tmp_path):
+    groups = sweep().aliases(list(sweep().pieces(tmp_path, "tag")))
+    assert groups == {f"pam-{dtype}": [f"pam-{dtype}-forward", f"pam-{dtype}-train"]
+                      for dtype in ("float32", "bfloat16", "float16")}  # fmt: skip
+
+
+def test_dry_run_shrinks_every_benchmark_to_toy_sizes_on_the_cpu(tmp_path):
+    pieces = sweep().pieces(tmp_path, "dryrun")
+    pam = sweep().dry(pieces["pam-float16-train"][0])
+    assert option(pam, "--device") == ["cpu"] and option(pam, "--sizes") == ["64"]
+    assert option(pam, "--channels") == ["16"] and option(pam, "--repeats") == ["1"]
+    assert option(pam, "--value-splits") == ["2"] and option(pam, "--kernels") == ["efficient"]
+    assert option(pam, "--dtypes") == ["float16"]  # what the piece measures is kept
+    steps = sweep().dry(pieces["steps-ccnet"][0])
+    assert option(steps, "--backbones") == ["resnet18"] and option(steps, "--sizes") == ["64x64"]
+    assert option(steps, "--batch") == ["2"]
+    tests = pieces["tests"][0]
+    assert sweep().dry(tests) == tests  # the CUDA tests skip themselves without a GPU
 
 
 def test_list_prints_every_command():
@@ -30,13 +85,75 @@ def test_list_prints_every_command():
         [sys.executable, str(SCRIPT), "--list"], capture_output=True, text=True, timeout=120
     )
     assert completed.returncode == 0, completed.stderr
-    assert "pam-bfloat16:" in completed.stdout and "bench_precision.py" in completed.stdout
+    assert "pam-bfloat16-train:" in completed.stdout and "bench_precision.py" in completed.stdout
+    assert "bench_steps.py" in completed.stdout and "verdict:" in completed.stdout
+    assert "pam-float16: pam-float16-forward + pam-float16-train" in completed.stdout
+
+
+def test_a_piece_runs_dry_on_the_cpu_and_writes_its_table(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "pam-float32-forward", "--dry-run", "--out",
+         str(tmp_path)], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (table,) = tmp_path.glob("attention-dryrun-*-pam-float32-forward.json")
+    cases = json.loads(table.read_text())["cases"]
+    status = {(c["backend"], c["value_split"], c["kernel"], c["chunk_size"]): c["status"]
+              for c in cases}  # fmt: skip
+    assert status == {
+        ("bmm", None, None, None): "ok",
+        ("chunked", None, None, None): "ok",
+        ("chunked", None, None, 32): "ok",
+        ("sdpa", None, None, None): "ok",
+        ("sdpa", 2, None, None): "ok",
+        ("sdpa", None, "efficient", None): "rejected",  # a CUDA kernel, on the CPU
+        ("sdpa", 2, "efficient", None): "rejected",
+        ("auto", None, None, None): "ok",
+        ("direct", None, None, None): "rejected",
+    }
+    plans = {c["value_split"]: c["ran_plan"] for c in cases
+             if c["backend"] == "sdpa" and c["status"] == "ok"}  # fmt: skip
+    assert plans[None] == "flash 8x2/2" and plans[2] == "flash 2x8/8"  # C=16: 2/16 widths
+    assert (tmp_path / table.name.replace(".json", ".md")).exists()
+
+
+def fake_table(path, auto_ms, auto_mib, bmm_ms=300.0, bmm_mib=12000.0, direct_ms=60.0):
+    def case(backend, ms, mib, status="ok", positions=32768):
+        return {"backend": backend, "dtype": "bfloat16", "mode": "train",
+                "positions": positions, "value_split": None, "kernel": None, "status": status,
+                "seconds": ms / 1e3, "peak_bytes": mib * 2**20, "ran_backend": "chunked",
+                "ran_plan": None}  # fmt: skip
+
+    cases = [case("bmm", bmm_ms, bmm_mib), case("auto", auto_ms, auto_mib),
+             case("direct", direct_ms, 500.0), case("auto", 1.0, 1.0, positions=4096)]  # fmt: skip
+    path.write_text(json.dumps({"device": "NVIDIA H200", "torch": "2.14", "cases": cases}))
+    return path
+
+
+def test_verdict_holds_only_when_every_target_is_met(tmp_path):
+    verdict = sweep().verdict
+    holds, report = verdict(fake_table(tmp_path / "a.json", auto_ms=40.0, auto_mib=400.0))
+    assert holds and "Holds: yes" in report and "NVIDIA H200" in report
+    assert "time bmm / auto = 7.500" in report
+    slow = fake_table(tmp_path / "b.json", auto_ms=50.0, auto_mib=400.0)  # 1.2x direct
+    holds, report = verdict(slow)
+    assert not holds and "time direct / auto = 1.200 (needs >= 1.3): **no**" in report
+    hungry = fake_table(tmp_path / "c.json", auto_ms=40.0, auto_mib=700.0)  # 0.058x bmm
+    assert not verdict(hungry)[0]
+
+
+def test_verdict_without_the_rows_is_not_decided(tmp_path):
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps({"device": "x", "torch": "y", "cases": []}))
+    holds, report = sweep().verdict(path)
+    assert not holds and "not decided" in report and "auto, bmm, direct" in report
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without GPU")
 def test_a_piece_without_a_gpu_is_refused_clearly():
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "pam-bfloat16"], capture_output=True, text=True, timeout=120
-    )
+        [sys.executable, str(SCRIPT), "pam-bfloat16-train"], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
     assert completed.returncode == 2
-    assert "no CUDA GPU" in completed.stderr
+    assert "no CUDA GPU" in completed.stderr and "--dry-run" in completed.stderr

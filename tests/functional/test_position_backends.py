@@ -136,9 +136,14 @@ def test_sdpa_on_cpu_runs_the_fused_flash_kernel_not_math():
     assert last_attention_backend() == "sdpa"
 
 
-def test_sdpa_falls_back_to_chunked_when_no_fused_kernel_fits(monkeypatch):
-    # Allow only the CUDA memory-efficient kernel: on CPU no fused kernel is left.
-    monkeypatch.setattr(_sdpa, "_FUSED_KERNELS", [_sdpa.SDPBackend.EFFICIENT_ATTENTION])
+@pytest.mark.parametrize("table_says", ["no", "yes"])
+def test_sdpa_falls_back_to_chunked_when_no_fused_kernel_fits(monkeypatch, table_says):
+    # Offer only the CUDA memory-efficient kernel on CPU: the kernel table turns it down, or
+    # (when the table is made to accept it) torch itself answers "No available kernel".
+    monkeypatch.setitem(_sdpa.KERNELS_BY_DEVICE, "cpu", ("efficient",))
+    monkeypatch.setattr(_sdpa, "_PLANS", {})
+    if table_says == "yes":
+        monkeypatch.setattr(_sdpa, "kernel_accepts", lambda *args: True)
     tensors = qkv(2, 20, 20)
     with pytest.warns(UserWarning, match="using the 'chunked' backend instead"):
         out = position_attention(*tensors, backend="sdpa")

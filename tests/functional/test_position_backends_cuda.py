@@ -94,7 +94,11 @@ def test_precision_contract_on_cuda(setting, backend):
             assert error <= bound, f"{name} ({low_is_fast=}): {error:.2e} > {bound:.2e}"
 
 
-def test_auto_on_cuda_trains_low_precision_with_chunked_and_infers_with_sdpa():
+def test_auto_on_cuda_trains_low_precision_with_chunked_and_infers_with_sdpa(monkeypatch):
+    from attnblocks.functional import _autotune, position
+
+    monkeypatch.setattr(_autotune, "PROBED_DEVICE_TYPES", ())  # the written rule
+    monkeypatch.setattr(position, "_AUTOMATIC_CHOICES", {})
     tensors = qkv(1, 8192)
     faster = low_precision_is_faster("cuda", torch.bfloat16)
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -113,3 +117,121 @@ def test_sdpa_inference_feeds_the_fused_kernel_split_bfloat16_queries_and_keys()
     assert last_attention_backend() == "sdpa"
     expected = position_attention(query.double(), key.double(), value.double(), backend="bmm")
     assert relative_error(out, expected) < 1e-2
+
+
+# The value split on the GPU's fused kernels (see attnblocks/functional/_sdpa.py).
+
+
+@pytest.mark.parametrize("kernel", ["cudnn", "flash", "efficient"])
+@pytest.mark.parametrize("split", [None, 1, 2, 4, 8])
+@pytest.mark.parametrize("setting", ["float32 training", "bfloat16 inference"])
+def test_every_plan_torch_runs_equals_bmm(kernel, split, setting):
+    from attnblocks.functional import _sdpa
+
+    query, key, value = qkv(2, 1000)
+    training = setting.endswith("training")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=not training)
+    with autocast, torch.set_grad_enabled(training), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a plan no kernel takes falls back: skipped below
+        out = _attend_with(kernel, query, key, value, split)
+        ran, plan = last_attention_backend(), _sdpa.last_sdpa_plan()
+    if ran != "sdpa" or plan.kernel != kernel or (split and plan.parts != split):
+        pytest.skip(f"torch runs no {kernel} plan with split {split} for {setting} here")
+    expected = position_attention(query.double(), key.double(), value.double(), backend="bmm")
+    results = [out]
+    if training:
+        results += torch.autograd.grad(out.square().sum(), [query, key, value])
+        expected_out = expected
+        expected = [expected_out, *torch.autograd.grad(expected_out.square().sum(),
+                                                       [query, key, value])]  # fmt: skip
+    else:
+        expected = [expected]
+    bound = 1e-4 if training else 1e-2  # bfloat16 values in inference
+    for ours, reference in zip(results, expected):
+        assert relative_error(ours, reference) < bound
+
+
+def _attend_with(kernel, query, key, value, split):
+    """position_attention on sdpa with only ``kernel`` allowed."""
+    from attnblocks.functional import _sdpa
+
+    saved = _sdpa.KERNELS_BY_DEVICE["cuda"]
+    _sdpa.KERNELS_BY_DEVICE["cuda"] = (kernel,)
+    _sdpa._PLANS.clear()
+    try:
+        return position_attention(query, key, value, backend="sdpa", value_split=split)
+    finally:
+        _sdpa.KERNELS_BY_DEVICE["cuda"] = saved
+        _sdpa._PLANS.clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("grad", [False, True])
+def test_kernel_table_agrees_with_torchs_report_for_this_card(dtype, grad):
+    # The table is a transcription of torch's sdp_utils; on a live card torch's own report
+    # (can_use_*_attention) decides. Disagreements mean the transcription is out of date.
+    from attnblocks.functional import _sdpa
+
+    spec = _sdpa.device_spec(torch.device("cuda"))
+    widths = [(64, 64), (64, 128), (64, 256), (64, 512), (128, 128), (192, 128), (192, 192),
+              (192, 256), (200, 200), (256, 256), (8, 16), (6, 13)]  # fmt: skip
+    checks = {"flash": torch.backends.cuda.can_use_flash_attention,
+              "efficient": torch.backends.cuda.can_use_efficient_attention,
+              "cudnn": torch.backends.cuda.can_use_cudnn_attention}  # fmt: skip
+    disagreements = []
+    for qk, v in widths:
+        q = torch.randn(1, 2, 256, qk, device="cuda", dtype=dtype, requires_grad=grad)
+        k = torch.randn(1, 2, 256, qk, device="cuda", dtype=dtype, requires_grad=grad)
+        vv = torch.randn(1, 2, 256, v, device="cuda", dtype=dtype, requires_grad=grad)
+        params = torch.backends.cuda.SDPAParams(q, k, vv, None, 0.0, False, False)
+        for kernel, ask in checks.items():
+            table = _sdpa.kernel_accepts(kernel, spec, dtype, qk, v, grad, key_positions=256)
+            if table != bool(ask(params)):
+                disagreements.append((kernel, qk, v, f"table {table}, torch {not table}"))
+    assert not disagreements, f"{spec}: {disagreements}"
+
+
+def test_split_kernels_take_expanded_queries_and_keys_without_copies():
+    # cuDNN, flash and memory-efficient kernels get q/k as stride-0 views over the heads.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from attnblocks.functional import _sdpa
+
+    class QueryStrides(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.strides = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "scaled_dot_product" in func.__name__ and "backward" not in func.__name__:
+                self.strides.append(args[0].stride())
+            return func(*args, **(kwargs or {}))
+
+    query, key, value = (t.detach() for t in qkv(1, 2048))
+    ran = {}
+    for kernel in ("cudnn", "flash", "efficient"):
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+        with torch.no_grad(), autocast, warnings.catch_warnings(), QueryStrides() as record:
+            warnings.simplefilter("ignore")
+            _attend_with(kernel, query, key, value, 2)
+        plan = _sdpa.last_sdpa_plan()
+        if last_attention_backend() == "sdpa" and plan.kernel == kernel:
+            ran[kernel] = record.strides[-1]
+    assert ran, "no fused kernel took a 2-part split on this card"
+    assert all(strides[1] == 0 for strides in ran.values()), ran
+
+
+def test_auto_on_cuda_measures_once_and_runs_the_fastest():
+    from attnblocks.functional import _autotune, position
+
+    _autotune.clear()
+    position._AUTOMATIC_CHOICES.clear()
+    tensors = qkv(1, 8192)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        choice = select_position_backend(*tensors[:2], value=tensors[2])
+    timings = list(_autotune.probe_timings().values())
+    assert len(timings) == 1, timings
+    measured = {label: seconds for label, seconds in timings[0].items() if seconds < float("inf")}
+    fastest = min(measured.values())
+    winners = {label.split("[")[0] for label, s in measured.items() if s <= 1.02 * fastest}
+    assert choice in winners, timings
