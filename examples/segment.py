@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `examples.*` whe
 
 from attnblocks.models import DANet
 from attnblocks.models.base import SegmentationModel
-from attnblocks.pretrained import PretrainedConfig, bit_palette, find_mmseg_checkpoint
+from attnblocks.pretrained import PretrainedConfig, bit_palette, find_mmseg_checkpoint, read_rgb
 from examples.checkpoints import MODELS, model_name
 
 
@@ -145,9 +145,9 @@ def legend(config: PretrainedConfig, labels: np.ndarray, height: int) -> Image.I
 def segment(args: argparse.Namespace) -> dict:
     """Predict, then write the label map and the overlay; returns paths and classes present."""
     model = load_model(args).to(args.device)
-    image = Image.open(args.image).convert("RGB")
+    image = Image.fromarray(read_rgb(args.image).permute(1, 2, 0).numpy())  # EXIF applied
     labels = model.predict_image(
-        image, scales=args.scales, flip=args.flip, resize=not args.no_resize,
+        args.image, scales=args.scales, flip=args.flip, resize=not args.no_resize,
         **window_options(args),
     )  # fmt: skip
     config = model.pretrained_config

@@ -149,11 +149,11 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 def _pair(value: Any) -> tuple[int, int] | None:
-    """An int or a pair of ints as ``(a, b)``; anything else (UNREADABLE...) as None."""
+    """A positive int or a pair of them as ``(a, b)``; anything else (UNREADABLE...) as None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value, value
+        return (value, value) if value > 0 else None
     if (
         isinstance(value, (list, tuple))
         and len(value) == 2
