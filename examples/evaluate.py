@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     batches = DataLoader(dataset, batch_size=1)  # one image at a time: sizes differ
     for index, (image, label) in enumerate(with_progress(batches, len(dataset), metrics)):
         scores = predict_scores(model, image.to(device), crop_size=args.crop_size,
-                                stride=args.stride, scales=args.scales, flip=args.flip)  # fmt: skip
+                                stride=args.stride, scales=args.scales, flip=args.flip,
+                                recipe="danet")  # the paper's evaluation  # fmt: skip
         prediction = scores.argmax(dim=1)
         metrics.update(prediction, label.to(device))
         if writer is not None:

@@ -43,7 +43,7 @@ from attnblocks.compat._checkpoint import check_checkpoint_format
 from attnblocks.functional import POSITION_BACKENDS
 from attnblocks.models import DANet, from_mmseg
 from attnblocks.models.base import SegmentationModel
-from attnblocks.pretrained import PretrainedConfig, find_mmseg_checkpoint
+from attnblocks.pretrained import PretrainedConfig, find_mmseg_checkpoint, read_rgb
 from examples.checkpoints import (
     MODELS,
     CheckpointError,
@@ -250,13 +250,14 @@ def legend(config: PretrainedConfig, labels: np.ndarray, height: int) -> Image.I
 
 
 def read_image(path: Path) -> Image.Image:
-    """The image as RGB; a missing or unreadable file is a :class:`SegmentError`."""
+    """The image as RGB with its EXIF orientation applied, as ``predict_image`` reads it
+    (the overlay must line up with the labels); a missing or unreadable file is a
+    :class:`SegmentError`."""
     if not path.is_file():
         raise SegmentError(f"no image at {path}")
     try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
+        return Image.fromarray(read_rgb(path).permute(1, 2, 0).numpy())
+    except (UnidentifiedImageError, OSError, ValueError) as error:
         raise SegmentError(f"cannot read the image {path}: {error}") from None
 
 
@@ -265,7 +266,7 @@ def segment(args: argparse.Namespace) -> dict:
     image = read_image(args.image)  # before the model: a wrong path fails at once
     model = load_model(args).to(args.device)
     labels = model.predict_image(
-        image, scales=args.scales, flip=args.flip, resize=not args.no_resize,
+        args.image, scales=args.scales, flip=args.flip, resize=not args.no_resize,
         **window_options(args),
     )  # fmt: skip
     config = model.pretrained_config

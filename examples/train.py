@@ -598,7 +598,7 @@ def evaluate(model: nn.Module, dataset: Dataset, args: argparse.Namespace, num_c
     for images, labels in loader:
         scores = predict_scores(
             model, images.to(device), crop_size=args.eval_crop, scales=args.eval_scales,
-            flip=args.eval_flip,
+            flip=args.eval_flip, recipe="danet",  # the paper's evaluation
         )  # fmt: skip
         metrics.update(scores.argmax(dim=1), labels.to(device))
     metrics.all_reduce()

@@ -117,12 +117,25 @@ def read_mmseg_checkpoint(
 
     Returns:
         ``(state_dict, meta)``; ``meta`` is ``{}`` when the checkpoint has none.
+
+    Raises:
+        ValueError: if two keys name the same weight once ``module.`` is stripped
+            (``module.x`` and ``x``): which one is meant cannot be told.
     """
     checkpoint = read_checkpoint(path_or_checkpoint, caller)
     meta = checkpoint.get("meta") if "state_dict" in checkpoint else None
-    state_dict = unwrap_state_dict(checkpoint)
-    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    return state_dict, dict(meta) if isinstance(meta, Mapping) else {}
+    stripped: dict[str, Tensor] = {}
+    original: dict[str, str] = {}  # stripped name -> the key it came from
+    for key, value in unwrap_state_dict(checkpoint).items():
+        name = key.removeprefix("module.")
+        if name in original:
+            raise ValueError(
+                f"{caller}: the checkpoint holds both {original[name]!r} and {key!r}, the same "
+                f"weight {name!r} once the 'module.' prefix (DataParallel's) is stripped; "
+                "expected each weight once: keep one of them"
+            )
+        stripped[name], original[name] = value, key
+    return stripped, dict(meta) if isinstance(meta, Mapping) else {}
 
 
 def mmseg_backbone_name(state_dict: Mapping[str, Tensor]) -> str:

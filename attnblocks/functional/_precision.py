@@ -105,13 +105,13 @@ def _matmul_seconds(device: torch.device, dtype: torch.dtype) -> tuple[float, fl
     return best[torch.float32], best[dtype]
 
 
-def _fake_tensors_active() -> bool:
-    """Whether a FakeTensorMode is active (shape propagation, export): matmuls take no time."""
+def _outside_tracing() -> contextlib.AbstractContextManager:
+    """A context with no dispatch mode active (a tracer's fake tensors, proxies): real tensors."""
     try:
-        from torch._guards import detect_fake_mode
-    except ImportError:  # a torch without it has no fake tensors to worry about
-        return False
-    return detect_fake_mode() is not None
+        from torch.utils._python_dispatch import _disable_current_modes
+    except ImportError:  # a torch without dispatch modes has nothing to set aside
+        return contextlib.nullcontext()
+    return _disable_current_modes()
 
 
 def low_precision_is_faster(device: torch.device | str, dtype: torch.dtype) -> bool:
@@ -119,35 +119,41 @@ def low_precision_is_faster(device: torch.device | str, dtype: torch.dtype) -> b
 
     Measured once per device type and dtype (a few small matmuls, at most ~50 ms) and
     remembered for the process; "faster" here means at most 1.25x float32's time.
-    While ``torch.compile`` traces or fake tensors stand in for real ones, where
-    nothing can be timed, a dtype not yet measured counts as faster (what matrix units
-    give) and nothing is remembered. Threads that ask at once wait for one measurement.
+    Eager code, ``torch.compile`` and ``torch.export`` get the same answer: while a
+    graph is traced the measurement still runs on real tensors (any fake-tensor or
+    tracing mode set aside for it) and the compiled graph takes the answer as a
+    constant, so compiled and eager models take the same value path. Threads that ask
+    at once wait for one measurement.
 
     Args:
         device: the device the attention runs on.
         dtype: ``torch.float16`` or ``torch.bfloat16``.
     """
-    device = torch.device(device)
-    cache_key = (device.type, dtype)
+    return _low_precision_is_faster(torch.device(device).type, dtype)
+
+
+@torch.compiler.assume_constant_result  # torch.compile runs it while tracing; a constant after
+def _low_precision_is_faster(device_type: str, dtype: torch.dtype) -> bool:
+    """:func:`low_precision_is_faster` of a device type, measured on real tensors once."""
+    cache_key = (device_type, dtype)
     faster = _LOW_PRECISION_IS_FASTER.get(cache_key)
-    if faster is None:
-        if torch.compiler.is_compiling() or _fake_tensors_active():
-            return True
-        with _MEASURING:  # one measurement: set_num_threads below is process-wide
-            faster = _LOW_PRECISION_IS_FASTER.get(cache_key)
-            if faster is not None:
-                return faster
-            threads = torch.get_num_threads()
-            if device.type == "cpu":
-                # One thread: a thread pool waiting on a core that another process holds times
-                # the scheduler, not the matmul; the dtypes' speed ratio is the same per core.
-                torch.set_num_threads(1)
-            try:
-                with torch.no_grad(), autocast_disabled(device):
-                    full, low = _matmul_seconds(device, dtype)
-            finally:
-                torch.set_num_threads(threads)
-            faster = _LOW_PRECISION_IS_FASTER[cache_key] = low < 1.25 * full
+    if faster is not None:
+        return faster
+    with _MEASURING:  # one measurement: set_num_threads below is process-wide
+        faster = _LOW_PRECISION_IS_FASTER.get(cache_key)
+        if faster is not None:
+            return faster
+        threads = torch.get_num_threads()
+        if device_type == "cpu":
+            # One thread: a thread pool waiting on a core that another process holds times
+            # the scheduler, not the matmul; the dtypes' speed ratio is the same per core.
+            torch.set_num_threads(1)
+        try:
+            with _outside_tracing(), torch.no_grad(), autocast_disabled(torch.device(device_type)):
+                full, low = _matmul_seconds(torch.device(device_type), dtype)
+        finally:
+            torch.set_num_threads(threads)
+        faster = _LOW_PRECISION_IS_FASTER[cache_key] = low < 1.25 * full
     return faster
 
 

@@ -16,7 +16,7 @@ and saves and loads itself with huggingface_hub's ``PyTorchModelHubMixin``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -32,7 +32,7 @@ from ..compat import (
     mmseg_num_classes,
     read_mmseg_checkpoint,
 )
-from ..inference import Size2, predict_labels
+from ..inference import Size2, _check_scales, predict_views, tta_size
 from ..pretrained import (
     MMSEG_CHECKPOINTS,
     ImageLike,
@@ -41,8 +41,10 @@ from ..pretrained import (
     PretrainedConfigLike,
     find_mmseg_checkpoint,
     load_mmseg_checkpoint,
+    mmseg_align_corners,
     mmseg_pretrained_config,
     read_rgb,
+    resize_uint8,
 )
 from ._hub import HubMixin
 from .backbone import OutputStride, create_backbone
@@ -226,13 +228,23 @@ class SegmentationModel(
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
         resize: bool = True,
-    ) -> Tensor:
-        """The label map of one RGB image at the image's size, in eval mode (switched to it).
+        return_scores: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The label map of one image at the image's size, as mmseg's ``inference_model``.
 
-        The image is normalised with :attr:`pretrained_config`, resized by its
-        ``image_scale`` (as the training pipeline's test resize), predicted whole or in
-        sliding windows through :func:`attnblocks.inference.predict_labels` (softmax
-        averaged over windows, scales and flips) and the labels read at the original size.
+        mmsegmentation 1.x's test pipeline, step for step: the image is read as its
+        ``LoadImageFromFile`` reads it (:func:`~attnblocks.pretrained.read_rgb`: EXIF
+        orientation applied, RGB), resized as uint8 with OpenCV's bilinear arithmetic
+        to the :attr:`pretrained_config`'s ``image_scale`` (mmcv's keep-ratio
+        ``Resize``; :func:`~attnblocks.pretrained.resize_uint8`), normalised, decoded
+        whole or in sliding windows (window logits averaged, a view smaller than the
+        window decoded unpadded: :func:`attnblocks.inference.predict_views`), and the
+        logits resized to the image's size with the model's ``align_corners``.
+
+        Several ``scales`` or ``flip`` run mmseg's test-time augmentation instead
+        (``tta_pipeline``): each ratio resizes the image as read (the test resize is
+        not applied), each view is also mirrored with ``flip``, and the softmax of
+        the views' logits is averaged.
 
         Args:
             image: a file path, a PIL image, or a uint8 ``(H, W, 3)`` RGB array / tensor.
@@ -240,14 +252,19 @@ class SegmentationModel(
                 (None there: the whole image at once); None: the whole image.
             stride: step between windows; ``"config"``: the pretrained config's with its
                 window, else the default (2/3 of the crop).
-            scales: extra resize factors to average over (multi-scale testing).
-            flip: also average the mirrored image's prediction.
-            resize: apply the config's ``image_scale``; False predicts at the image's size.
+            scales: test-time augmentation ratios (mmseg's ``img_ratios``, on the image
+                as read); ``(1.0,)`` without ``flip`` is the plain test pipeline.
+            flip: also predict each view mirrored left-right (test-time augmentation).
+            resize: apply the config's ``image_scale`` in the plain pipeline; False
+                predicts at the image's own size.
+            return_scores: also return the scores the labels are the argmax of.
 
         Returns:
-            ``(H, W)`` int64 labels on the CPU; class names in
+            ``(H, W)`` int64 labels on the CPU (class names in
             ``model.pretrained_config.class_names``, colours with
-            ``model.pretrained_config.colorize(labels)``.
+            ``model.pretrained_config.colorize(labels)``); with ``return_scores``,
+            ``(labels, scores)``, scores ``(K, H, W)`` float32: the logits (plain
+            pipeline) or the mean probabilities (test-time augmentation).
         """
         config = self.pretrained_config
         if self.in_chans != 3 or len(config.mean) != 3:
@@ -255,20 +272,36 @@ class SegmentationModel(
                 f"predict_image takes RGB images; this model takes {self.in_chans}-channel "
                 f"input normalised with {len(config.mean)} means: call it on tensors instead"
             )
-        pixels = read_rgb(image)  # (3, H, W) uint8
-        parameter = next(self.parameters())
-        x = config.normalize(pixels.to(parameter.device)).unsqueeze(0).to(parameter.dtype)
-        factor = config.rescale_factor(*pixels.shape[-2:]) if resize else 1.0
-        self.eval()
+        pixels = read_rgb(image)  # (3, H, W) uint8, EXIF applied
+        height, width = pixels.shape[-2:]
+        ratios = _check_scales(scales)
+        augmented = flip or ratios != (1.0,)
+        if augmented:
+            sizes = [tta_size(height, width, ratio) for ratio in ratios]
+        else:
+            sizes = [config.test_size(height, width) if resize else (height, width)]
         if stride == "config":  # the config's step belongs to the config's window only
             stride = config.stride if crop_size == "config" else None
         if crop_size == "config":
             crop_size = config.crop_size
-        labels = predict_labels(
-            self, x, crop_size=crop_size, stride=stride, scales=[factor * s for s in scales],
-            flip=flip, align_corners=self.align_corners,
-        )  # fmt: skip
-        return labels[0].cpu()
+        parameter = next(self.parameters())
+
+        def views() -> Iterator[tuple[Tensor, bool]]:
+            for size in sizes:  # one resized image at a time: views are made as needed
+                resized = resize_uint8(pixels, size)
+                x = config.normalize(resized.to(parameter.device)).unsqueeze(0)
+                x = x.to(parameter.dtype)
+                yield x, False
+                if flip:
+                    yield x.flip(-1), True
+
+        self.eval()
+        scores = predict_views(
+            self, views(), size=(height, width), crop_size=crop_size, stride=stride,
+            align_corners=self.align_corners,
+        )[0]  # fmt: skip
+        labels = scores.argmax(dim=0).cpu()
+        return (labels, scores.cpu()) if return_scores else labels
 
     @classmethod
     def from_mmseg(
@@ -278,21 +311,27 @@ class SegmentationModel(
 
         Reads the checkpoint (``weights_only``), infers the backbone depth (timm's
         ``resnet50c``/``resnet101c`` = mmseg's ResNetV1c) and ``num_classes`` from its
-        weights, builds the model at output stride 8 with ``align_corners=False`` as
-        mmseg upsamples (True for the Cityscapes 769x769 models, which were trained so,
-        when the file or config name is recognised), converts the keys with the
+        weights, builds the model at output stride 8, converts the keys with the
         architecture's compat table (``auxiliary_head.*`` dropped) and loads them:
         anything missing, unexpected or misshapen raises a ValueError listing it all.
-        The :attr:`pretrained_config` gets the dataset's class names and palette
-        (from the checkpoint's meta, the recognised release, or the class count).
+
+        The test setup (``align_corners``, and the :attr:`pretrained_config`: test
+        resize, whole or sliding-window decoding, normalisation, class names, palette)
+        comes from what the checkpoint says, each source overriding the one before:
+        its ``meta`` (the config text mmseg writes into every checkpoint, read as data,
+        and its dataset meta), then the release its name, URL or file name is, then
+        the keyword arguments; so a release loaded from its name, from a renamed file
+        or from a dict gets the same setup (:meth:`mmseg_model_options`).
 
         Args:
             path_or_checkpoint: an mmseg ``.pth`` file, its loaded contents (``{"meta":
                 ..., "state_dict": ...}`` or a bare state dict), a config name of
                 :data:`attnblocks.pretrained.MMSEG_CHECKPOINTS` or a URL (downloaded once
                 with its hash checked).
-            **kwargs: further constructor arguments (``attention_backend``...); they
-                override the inferred ones.
+            **kwargs: further constructor arguments (``attention_backend``,
+                ``align_corners``...); they override the inferred ones. A dict
+                ``pretrained_config`` changes only the fields it names
+                (``pretrained_config={"crop_size": (512, 512)}``).
 
         Raises:
             ValueError: for a backbone other than ResNetV1c-50/101, a release of another
@@ -324,13 +363,18 @@ class SegmentationModel(
             state_dict: the weights, mmseg key names, ``module.`` stripped.
             meta: the checkpoint's ``meta`` (``{}`` without one).
             entry: the release the checkpoint was recognised as, or None.
-            **kwargs: constructor arguments that override the inferred ones.
+            **kwargs: constructor arguments that override the inferred ones (a dict
+                ``pretrained_config`` only the fields it names).
         """
         key_map = cls.mmseg_key_map
         if key_map is None:
             raise NotImplementedError(f"{cls.__name__} has no table for mmseg checkpoints")
         options = cls.mmseg_model_options(state_dict, meta, entry)  # backbone checked first
         converted = key_map.convert(state_dict)  # unknown keys fail here, before building
+        changes = kwargs.get("pretrained_config")
+        inferred = options.get("pretrained_config")
+        if isinstance(changes, Mapping) and isinstance(inferred, PretrainedConfig):
+            kwargs["pretrained_config"] = {**inferred.to_dict(), **changes}  # field by field
         model = cls(**{**options, **kwargs})
         load_state_dict_strictly(model, converted, key_map.hint)
         return model.eval()
@@ -344,10 +388,13 @@ class SegmentationModel(
     ) -> dict[str, Any]:
         """The constructor arguments of the model an mmseg checkpoint holds.
 
-        The backbone and the number of classes come from the weights, the alignment and
-        the :class:`~attnblocks.pretrained.PretrainedConfig` from the release. A model
-        whose head has settings the weights show (a mask size, a number of bases)
-        extends this (``options = super().mmseg_model_options(...)``).
+        The backbone and the number of classes come from the weights; ``align_corners``
+        (:func:`~attnblocks.pretrained.mmseg_align_corners`) and the
+        :class:`~attnblocks.pretrained.PretrainedConfig`
+        (:func:`~attnblocks.pretrained.mmseg_pretrained_config`) from the meta, then the
+        release, the later overriding the earlier. A model whose head has settings the
+        weights show (a mask size, a number of bases) extends this
+        (``options = super().mmseg_model_options(...)``).
 
         Args:
             state_dict: the checkpoint's weights, mmseg key names, ``module.`` stripped.
@@ -357,7 +404,7 @@ class SegmentationModel(
         num_classes = mmseg_num_classes(state_dict, cls.mmseg_classifier_key)
         return dict(
             backbone=mmseg_backbone_name(state_dict), num_classes=num_classes, output_stride=8,
-            align_corners=entry.align_corners if entry is not None else False,
+            align_corners=mmseg_align_corners(meta, entry),
             pretrained_config=mmseg_pretrained_config(num_classes, meta, entry),
         )  # fmt: skip
 

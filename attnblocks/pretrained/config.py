@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .datasets import DATASETS, Colour, bit_palette
+from .resize import rescale_size
 
 # ImageNet statistics on the 0-255 RGB scale, as mmseg's data_preprocessor and timm use them
 IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
@@ -48,8 +49,9 @@ class PretrainedConfig:
         dataset: the dataset the classes come from (``"cityscapes"``, ``"ade20k"``,
             ``"voc"``), or None.
         image_scale: ``(long, short)`` edge bounds: a test image is resized, keeping its
-            aspect ratio, to the largest size within both (mmseg's test resize; an
-            image inside them is enlarged); None keeps every image's size.
+            aspect ratio, to the largest size within both (mmseg's test
+            ``Resize(scale, keep_ratio=True)``; an image inside them is enlarged); None
+            keeps every image's size.
         crop_size: sliding-window size ``(h, w)`` for ``predict_image``; None predicts
             the whole (resized) image at once.
         stride: step between windows ``(h, w)``; None: 2/3 of the crop.
@@ -166,6 +168,17 @@ class PretrainedConfig:
             return 1.0
         long_edge, short_edge = max(self.image_scale), min(self.image_scale)
         return min(long_edge / max(height, width), short_edge / min(height, width))
+
+    def test_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size :attr:`image_scale` resizes an ``height x width`` image to, rounded as mmcv.
+
+        Args:
+            height: the image height.
+            width: the image width.
+        """
+        if self.image_scale is None:
+            return height, width
+        return rescale_size(height, width, self.image_scale)
 
     def colorize(self, labels: Tensor) -> Tensor:
         """``(..., H, W)`` labels to ``(..., H, W, 3)`` uint8 RGB; labels out of range are black.

@@ -13,8 +13,8 @@ verifies.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
-from dataclasses import replace
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,8 +22,9 @@ from urllib.error import URLError
 
 import torch
 
+from ..compat.mmseg_config import MMSegTestSetup, mmseg_test_setup
 from .config import PretrainedConfig
-from .datasets import dataset_for_num_classes
+from .datasets import DATASETS, bit_palette, dataset_for_num_classes
 
 MMSEG_DOWNLOAD_ROOT = "https://download.openmmlab.com/mmsegmentation/v0.5/"
 _RELEASES_FILE = Path(__file__).with_name("mmseg_releases.json")
@@ -146,42 +147,78 @@ def load_mmseg_checkpoint(
         ) from error
 
 
+def _dataset_of(num_classes: int, setup: MMSegTestSetup, entry: MMSegCheckpoint | None):
+    """The dataset whose defaults apply: the release's, else the meta's, else by class count;
+    None when its class count is not ``num_classes``."""
+    name = entry.dataset if entry is not None else setup.dataset
+    info = DATASETS.get(name) if name is not None else dataset_for_num_classes(num_classes)
+    return info if info is not None and len(info.classes) == num_classes else None
+
+
 def mmseg_pretrained_config(
     num_classes: int, meta: Mapping[str, Any], entry: MMSegCheckpoint | None
 ) -> PretrainedConfig:
-    """The :class:`PretrainedConfig` of an mmseg checkpoint.
+    """The :class:`PretrainedConfig` of an mmseg checkpoint: its test pipeline, classes, colours.
 
-    Classes, palette and test resize come from the table entry's dataset, else from
-    the dataset with ``num_classes`` classes (19: Cityscapes, 150: ADE20K, 21: VOC),
-    else generic names; class names and palette saved in the checkpoint's ``meta``
-    (``CLASSES``/``PALETTE`` of mmseg 0.x, ``dataset_meta`` of 1.x) take precedence.
-    The sliding window is the entry's test window (whole images without an entry).
+    Each source overrides the one before: the defaults of its dataset (the release's,
+    else the one the meta's config tests on, else the one with ``num_classes`` classes;
+    otherwise generic names and ImageNet statistics), then what the checkpoint's
+    ``meta`` says (:func:`attnblocks.compat.mmseg_config.mmseg_test_setup`: test
+    resize, whole or sliding-window decoding, normalisation, class names and palette),
+    then the release ``entry`` (test resize and window). Class names and palette come
+    from the meta when it has ``num_classes`` of them, else from the dataset.
 
     Args:
         num_classes: the checkpoint's number of classes.
         meta: the checkpoint's ``meta`` (may be empty).
-        entry: the table entry the checkpoint was recognised as, or None.
+        entry: the table entry the checkpoint was recognised as (by name, URL or file
+            name), or None.
     """
-    dataset = entry.dataset if entry is not None else None
-    if dataset is None and (info := dataset_for_num_classes(num_classes)) is not None:
-        dataset = info.name
-    config = (
-        PretrainedConfig.generic(num_classes)
-        if dataset is None
-        else PretrainedConfig.for_dataset(dataset)
+    setup = mmseg_test_setup(meta)
+    if setup.bgr_to_rgb is False:
+        warnings.warn(
+            "the checkpoint's model was trained on BGR images (bgr_to_rgb/to_rgb False); "
+            "predict_image gives models RGB images",
+            stacklevel=2,
+        )
+    info = _dataset_of(num_classes, setup, entry)
+    settings: dict[str, Any] = (
+        PretrainedConfig.for_dataset(info.name).to_dict()
+        if info is not None
+        else PretrainedConfig.generic(num_classes).to_dict()
     )
+    if setup.class_names is not None and len(setup.class_names) == num_classes:
+        settings["class_names"] = setup.class_names
+        if info is None:  # names without a known dataset: the generic colours stay
+            settings["palette"] = bit_palette(num_classes)
+    if setup.palette is not None and len(setup.palette) == num_classes:
+        settings["palette"] = setup.palette
+    if setup.mean is not None and setup.std is not None:
+        settings.update(mean=setup.mean, std=setup.std)
+    if setup.image_scale is not None:
+        settings["image_scale"] = setup.image_scale
+    if setup.mode == "slide":
+        settings.update(crop_size=setup.crop_size, stride=setup.stride)
+    elif setup.mode == "whole":
+        settings.update(crop_size=None, stride=None)
     if entry is not None:
-        config = replace(
-            config, image_scale=entry.test_scale, crop_size=entry.test_crop,
-            stride=entry.test_stride,
-        )  # fmt: skip
-    dataset_meta = meta.get("dataset_meta")
-    if not isinstance(dataset_meta, Mapping):
-        dataset_meta = {}
-    names = meta.get("CLASSES") or dataset_meta.get("classes")
-    palette = meta.get("PALETTE") or dataset_meta.get("palette")
-    if names is not None and len(names) == num_classes:
-        if palette is None or len(palette) != num_classes:
-            palette = config.palette
-        config = replace(config, class_names=names, palette=palette)
-    return config
+        settings.update(
+            image_scale=entry.test_scale, crop_size=entry.test_crop, stride=entry.test_stride
+        )
+    return PretrainedConfig(**settings)
+
+
+def mmseg_align_corners(meta: Mapping[str, Any], entry: MMSegCheckpoint | None) -> bool:
+    """The ``align_corners`` an mmseg checkpoint's head resizes its logits with.
+
+    The release ``entry``'s, else the one the meta's config gives its (last) decode head,
+    else mmseg's default, False.
+
+    Args:
+        meta: the checkpoint's ``meta`` (may be empty).
+        entry: the release the checkpoint was recognised as, or None.
+    """
+    if entry is not None:
+        return entry.align_corners
+    found = mmseg_test_setup(meta).align_corners
+    return bool(found) if found is not None else False

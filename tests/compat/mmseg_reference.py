@@ -21,7 +21,7 @@ from tests.reference import MM_DATA_DIR, fill_rule, load_arrays, manifest
 CLASSIFIERS = ("decode_head.conv_seg.", "decode_head.pam_conv_seg.",
                "decode_head.cam_conv_seg.", "auxiliary_head.conv_seg.")  # fmt: skip
 # The released files' meta (mmseg 0.x): strings, the config text, class names and palette.
-META = {"mmseg_version": "0.5.0+b2724da", "config": "model = dict(type='EncoderDecoder', ...)",
+META = {"mmseg_version": "0.5.0+b2724da", "config": "model = dict(type='EncoderDecoder')",
         "CLASSES": ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
                     "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
                     "truck", "bus", "train", "motorcycle", "bicycle"),

@@ -98,3 +98,14 @@ def test_a_file_holding_something_else(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(ValueError, match=r"holds a list, expected a state dict"):
         read_mmseg_checkpoint(tmp_path / "list.pth")
+
+
+def test_a_key_with_and_without_module_prefix_is_refused():
+    # DataParallel's "module." stripped would make the later key silently win
+    clash = {"decode_head.conv_seg.weight": torch.zeros(2, 3, 1, 1),
+             "module.decode_head.conv_seg.weight": torch.ones(2, 3, 1, 1)}  # fmt: skip
+    with pytest.raises(ValueError, match=r"both 'decode_head\.conv_seg\.weight' and "
+                                         r"'module\.decode_head\.conv_seg\.weight'"):  # fmt: skip
+        read_mmseg_checkpoint({"meta": {}, "state_dict": clash})
+    with pytest.raises(ValueError, match=r"DANet\.from_mmseg: the checkpoint holds both"):
+        DANet.from_mmseg(clash)

@@ -4,10 +4,13 @@ import pytest
 
 from attnblocks.compat.mmseg_config import (
     UNREADABLE,
+    MMSegTestSetup,
     mmseg_config_of,
     mmseg_decode_head_types,
+    mmseg_test_setup,
     parse_mmseg_config,
 )
+from tests.pretrained.mmseg_meta import meta_0x, meta_1x
 
 # The shape of mmseg 0.x's Config.pretty_text as saved in a 769x769 release's meta["config"].
 PRETTY_TEXT = """norm_cfg = dict(type='SyncBN', requires_grad=True)
@@ -68,3 +71,68 @@ def test_a_cascade_lists_its_heads_in_order():
 def test_text_that_is_not_python_is_a_clear_error():
     with pytest.raises(ValueError, match="config text is not readable"):
         parse_mmseg_config("model = dict(")
+
+
+def test_the_test_setup_of_a_0x_config():
+    setup = mmseg_test_setup({"config": PRETTY_TEXT, "CLASSES": ("a", "b"),
+                              "PALETTE": [[1, 2, 3], [4, 5, 6]]})  # fmt: skip
+    assert setup == MMSegTestSetup(
+        dataset=None, image_scale=(2049, 1025), mode="slide", crop_size=(769, 769),
+        stride=(513, 513), align_corners=True, mean=(123.675, 116.28, 103.53),
+        std=(58.395, 57.12, 57.375), bgr_to_rgb=True, class_names=("a", "b"),
+        palette=((1, 2, 3), (4, 5, 6)),
+    )  # fmt: skip
+
+
+def test_early_0x_configs_keep_test_cfg_at_the_top_level():
+    text = (
+        "model = dict(type='EncoderDecoder', decode_head=dict(type='CCHead'))\n"
+        "test_cfg = dict(mode='slide', crop_size=(769, 769), stride=(513, 513))\n"
+        "data = dict(test=dict(type='CityscapesDataset', pipeline=[dict(type='MultiScaleFlipAug',"
+        " img_scale=(2049, 1025), transforms=[dict(type='Resize', keep_ratio=True)])]))\n"
+    )
+    setup = mmseg_test_setup({"config": text})
+    assert (setup.mode, setup.crop_size, setup.stride) == ("slide", (769, 769), (513, 513))
+    assert setup.align_corners is False  # mmseg's default when the head does not say
+    assert setup.image_scale == (2049, 1025) and setup.dataset == "cityscapes"
+
+
+@pytest.mark.parametrize("meta_of", [meta_0x, meta_1x])
+def test_configs_written_by_mmengine_from_mmseg_configs(meta_of):
+    # pretty_text of mmseg 1.2.2's own config for the release (generate/make_release_meta.py)
+    setup = mmseg_test_setup(meta_of("ccnet_r50-d8_4xb2-40k_cityscapes-769x769"))
+    assert setup.image_scale == (2049, 1025) and setup.align_corners is True
+    assert (setup.mode, setup.crop_size, setup.stride) == ("slide", (769, 769), (513, 513))
+    assert setup.dataset == "cityscapes" and setup.bgr_to_rgb is True
+    assert setup.class_names[0] == "road" and setup.palette[0] == (128, 64, 128)
+    ade = mmseg_test_setup(meta_of("danet_r50-d8_4xb4-80k_ade20k-512x512"))
+    assert ade.mode == "whole" and ade.crop_size is None and ade.image_scale == (2048, 512)
+    assert ade.align_corners is False and ade.dataset == "ade20k"
+    cascade = mmseg_test_setup(meta_of("ocrnet_hr18_4xb2-40k_cityscapes-512x1024"))
+    assert cascade.align_corners is False and cascade.mode == "whole"
+
+
+def test_what_the_meta_does_not_say_is_none():
+    assert mmseg_test_setup({}) == MMSegTestSetup()
+    setup = mmseg_test_setup({"config": "model = dict(test_cfg=dict(mode=open('x')))\n"})
+    assert setup.mode is None and setup.align_corners is None and setup.image_scale is None
+    odd = mmseg_test_setup({"CLASSES": "road", "PALETTE": [[1, 2]]})
+    assert odd.class_names is None and odd.palette is None
+
+
+def test_settings_predict_image_does_not_follow_are_warned_about():
+    text = (
+        "model = dict(data_preprocessor=dict(test_cfg=dict(size_divisor=32)))\n"
+        "test_pipeline = [dict(type='Resize', scale=(512, 256), keep_ratio=False)]\n"
+    )
+    with pytest.warns(UserWarning) as caught:
+        setup = mmseg_test_setup({"cfg": text})
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "pads test images" in messages and "without keeping the aspect ratio" in messages
+    assert setup.image_scale == (512, 256)
+
+
+def test_an_unreadable_config_text_is_warned_about_and_skipped():
+    with pytest.warns(UserWarning, match="config text is not readable.*not read from it"):
+        setup = mmseg_test_setup({"config": "model = dict(", "CLASSES": ("a", "b")})
+    assert setup.class_names == ("a", "b") and setup.mode is None

@@ -291,11 +291,42 @@ def test_threads_asking_at_once_share_one_measurement_and_keep_their_thread_coun
     assert counted == [threads] and torch.get_num_threads() == threads
 
 
-def test_fake_tensors_neither_measure_nor_remember(monkeypatch):
-    from torch._subclasses.fake_tensor import FakeTensorMode
+def test_fake_tensors_are_set_aside_to_measure_on_real_ones(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    kinds = []
+
+    def timed(device, dtype):
+        kinds.append(type(torch.randn(2)))  # what a tensor made while measuring is
+        return 1.0, 10.0  # float16 ten times slower
 
     monkeypatch.setattr(_precision, "_LOW_PRECISION_IS_FASTER", {})
-    monkeypatch.setattr(_precision, "_matmul_seconds", lambda *args: pytest.fail("timed fakes"))
+    monkeypatch.setattr(_precision, "_matmul_seconds", timed)
     with FakeTensorMode():
-        assert low_precision_is_faster("cpu", torch.float16) is True
-    assert _precision._LOW_PRECISION_IS_FASTER == {}
+        assert low_precision_is_faster("cpu", torch.float16) is False
+    assert kinds == [torch.Tensor] and FakeTensor not in kinds
+    assert {("cpu", torch.float16): False} == _precision._LOW_PRECISION_IS_FASTER
+
+
+def test_compiled_and_eager_code_take_the_same_value_path(monkeypatch):
+    # Where low precision is slow, eager runs the value path in float32; a graph compiled
+    # before anything was measured must not assume the opposite (a second answer in one
+    # process): torch.compile measures too, on real tensors, and bakes the answer in.
+    monkeypatch.setattr(_precision, "_LOW_PRECISION_IS_FASTER", {})
+    monkeypatch.setattr(_precision, "_matmul_seconds", lambda device, dtype: (1.0, 10.0))
+    gen = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(1, 64, d, generator=gen) for d in (8, 8, 16))
+
+    def attend(query, key, value):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return position_attention(query, key, value, backend="chunked", chunk_size=16)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(attend, backend="eager", fullgraph=True)(query, key, value)
+    eager = attend(query, key, value)
+    assert compiled.dtype == eager.dtype
+    assert torch.equal(compiled, eager)  # the same float32 value path, the same numbers
+    assert {("cpu", torch.bfloat16): False} == _precision._LOW_PRECISION_IS_FASTER
+    _precision._LOW_PRECISION_IS_FASTER[("cpu", torch.bfloat16)] = True  # bfloat16 path
+    assert relative_error(attend(query, key, value), eager) > 1e-4  # which would differ
+    torch._dynamo.reset()

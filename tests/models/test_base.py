@@ -49,15 +49,36 @@ def test_predict_image_normalises_with_the_config():
     assert len(labels.unique()) > 1  # a real labelling, not a constant
 
 
-def test_predict_image_resizes_by_the_image_scale_and_reads_labels_at_the_image_size():
+def cv2_resized(size):
+    """IMAGE resized by OpenCV's INTER_LINEAR on uint8, as mmcv.imresize does (test extra)."""
+    cv2 = pytest.importorskip("cv2")
+    return cv2.resize(IMAGE, size[::-1], interpolation=cv2.INTER_LINEAR)
+
+
+def normalised_pixels(pixels, config=CONFIG):
+    """(H, W, 3) uint8 RGB normalised in float64 from the config's numbers, as (1, 3, H, W)."""
+    mean = torch.tensor(config.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, dtype=torch.float64).view(1, 3, 1, 1)
+    return ((torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).double() - mean) / std).float()
+
+
+def test_predict_image_resizes_the_uint8_image_before_normalising_it():
+    # mmseg: Resize(scale, keep_ratio=True) on the uint8 image with OpenCV, then normalisation
     model = small_danet()
     model.pretrained_config = PretrainedConfig(**{**CONFIG.to_dict(), "image_scale": (80, 60)})
     factor = min(80 / 53, 60 / 37)  # long edge 53 -> at most 80, short edge 37 -> at most 60
     size = (int(37 * factor + 0.5), int(53 * factor + 0.5))
-    with torch.no_grad():
-        logits = model(F.interpolate(normalised(), size=size, mode="bilinear")).out
-    probs = F.interpolate(logits.softmax(dim=1), size=(37, 53), mode="bilinear")
-    assert torch.equal(model.predict_image(IMAGE), probs.argmax(dim=1)[0])
+    x = normalised_pixels(cv2_resized(size))
+    seen = []
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    labels = model.predict_image(IMAGE)
+    hook.remove()
+    torch.testing.assert_close(seen[0], x, rtol=0, atol=1e-5)  # the uint8 pixels, exactly
+    with torch.no_grad():  # the logits resized to the image's size, then their argmax
+        logits = F.interpolate(model(x).out, size=(37, 53), mode="bilinear")
+    assert torch.equal(labels, logits.argmax(dim=1)[0])
+    _, scores = model.predict_image(IMAGE, return_scores=True)
+    torch.testing.assert_close(scores, logits[0], rtol=1e-5, atol=1e-5)
     assert torch.equal(model.predict_image(IMAGE, resize=False), model.predict(normalised())[0])
 
 
@@ -68,9 +89,27 @@ def test_predict_image_slides_the_configs_window_unless_told_otherwise():
     windows = predict_labels(model, normalised(), crop_size=(32, 40), stride=(16, 20))[0]
     assert torch.equal(model.predict_image(IMAGE), windows)
     assert not torch.equal(windows, model.predict(normalised())[0])  # the windows made a difference
-    flipped = predict_labels(model, normalised(), flip=True, scales=(1.0, 0.5))[0]
-    assert torch.equal(model.predict_image(IMAGE, crop_size=None, flip=True, scales=(1.0, 0.5)),
-                       flipped)  # fmt: skip
+    whole = model.predict_image(IMAGE, crop_size=None)
+    assert torch.equal(whole, model.predict(normalised())[0])
+
+
+def test_predict_image_test_time_augmentation_is_mmsegs():
+    # tta_pipeline: each ratio resizes the image as read (uint8, OpenCV), each view mirrored too;
+    # logits flipped back and resized to the image, softmax averaged (SegTTAModel)
+    model = small_danet()
+    model.pretrained_config = PretrainedConfig(**{**CONFIG.to_dict(), "image_scale": (80, 60)})
+    expected = torch.zeros(1, 3, 37, 53)
+    for size in [(37, 53), (19, 27)]:  # ratios 1.0 and 0.5 of 37 x 53 (no test resize)
+        x = normalised_pixels(cv2_resized(size))
+        for mirrored in (False, True):
+            with torch.no_grad():
+                logits = model(x.flip(-1) if mirrored else x).out
+            logits = logits.flip(-1) if mirrored else logits
+            expected += F.interpolate(logits, size=(37, 53), mode="bilinear").softmax(dim=1) / 4
+    labels, scores = model.predict_image(IMAGE, scales=(1.0, 0.5), flip=True, crop_size=None,
+                                         return_scores=True)  # fmt: skip
+    torch.testing.assert_close(scores, expected[0], rtol=1e-5, atol=1e-6)
+    assert torch.equal(labels, expected.argmax(dim=1)[0])
 
 
 def test_predict_image_takes_a_read_only_array_without_a_warning():

@@ -67,3 +67,10 @@ def test_resolve_checks_the_class_count_and_field_names():
         PretrainedConfig.resolve({"class_names": ["a"], "palette": [[0, 0, 0]], "colours": 1}, 1)
     with pytest.raises(ValueError, match="unknown dataset 'coco'"):
         PretrainedConfig.for_dataset("coco")
+
+
+def test_test_size_is_mmcvs_keep_ratio_rescale():
+    config = PretrainedConfig.for_dataset("cityscapes", image_scale=(2049, 1025))
+    assert config.test_size(200, 720) == (569, 2049)  # int(x * factor + 0.5), as mmcv rounds
+    assert config.test_size(1024, 2048) == (1025, 2049)
+    assert PretrainedConfig.generic(3).test_size(17, 5) == (17, 5)  # no image_scale: unchanged

@@ -8,13 +8,17 @@ import pytest
 import torch
 
 from attnblocks.models import MMSEG_MODELS
+from attnblocks.models.base import fetch_mmseg_checkpoint
 from attnblocks.pretrained import (
+    DATASETS,
     MMSEG_CHECKPOINTS,
     MMSEG_DOWNLOAD_ROOT,
     find_mmseg_checkpoint,
     load_mmseg_checkpoint,
+    mmseg_align_corners,
     mmseg_pretrained_config,
 )
+from tests.pretrained.mmseg_meta import meta_0x, meta_1x, mmseg_metainfo, release_dataset
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -116,6 +120,53 @@ def test_a_config_name_downloads_its_url_with_the_hash_check(monkeypatch):
     assert kwargs["check_hash"] and kwargs["weights_only"] and kwargs["map_location"] == "cpu"
     with pytest.raises(ValueError, match="unknown mmseg checkpoint 'danet_r18'"):
         load_mmseg_checkpoint("danet_r18")
+
+
+@pytest.mark.parametrize("config", sorted(MMSEG_CHECKPOINTS))
+def test_the_meta_alone_gives_each_release_its_test_setup(config):
+    # A release loaded from a dict or a renamed file is known by its meta only (the config text
+    # mmseg writes into every checkpoint, here made by mmengine from mmseg 1.2.2's config for
+    # the release): it must get the setup its name gives, and the one its mmseg config states.
+    entry = MMSEG_CHECKPOINTS[config]
+    assert release_dataset(config) == entry.dataset
+    mmseg = mmseg_metainfo(entry.dataset)
+    num_classes = len(mmseg["classes"])
+    assert find_mmseg_checkpoint(f"/checkpoints/{entry.file_name}") is entry
+    assert find_mmseg_checkpoint(f"/checkpoints/renamed-{entry.file_name}") is None
+    for meta in (meta_0x(config), meta_1x(config)):
+        by_meta = mmseg_pretrained_config(num_classes, meta, None)
+        assert mmseg_pretrained_config(num_classes, meta, entry) == by_meta
+        assert mmseg_align_corners(meta, None) == mmseg_align_corners(meta, entry)
+        assert mmseg_align_corners(meta, None) is entry.align_corners
+        assert by_meta.image_scale == entry.test_scale  # (2049, 1025) for the 769x769 releases
+        assert (by_meta.crop_size, by_meta.stride) == (entry.test_crop, entry.test_stride)
+        assert by_meta.dataset == entry.dataset
+        assert by_meta.class_names == tuple(mmseg["classes"])
+        assert by_meta.palette == tuple(tuple(c) for c in mmseg["palette"])
+        assert (by_meta.mean, by_meta.std) == ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+
+
+def test_a_dict_is_no_release_until_its_meta_says_so():
+    checkpoint = {"meta": meta_0x("danet_r50-d8_4xb2-40k_cityscapes-769x769"), "state_dict": {}}
+    assert fetch_mmseg_checkpoint(checkpoint) == (None, checkpoint)
+
+
+def test_the_release_overrides_the_meta():
+    # the 769x769 release's name over a meta that says whole-image 512x1024 testing
+    meta = meta_1x("danet_r50-d8_4xb2-40k_cityscapes-512x1024")
+    entry = MMSEG_CHECKPOINTS["danet_r50-d8_4xb2-40k_cityscapes-769x769"]
+    assert mmseg_pretrained_config(19, meta, None).crop_size is None
+    config = mmseg_pretrained_config(19, meta, entry)
+    assert (config.image_scale, config.crop_size, config.stride) == (
+        (2049, 1025), (769, 769), (513, 513))  # fmt: skip
+    assert not mmseg_align_corners(meta, None) and mmseg_align_corners(meta, entry)
+
+
+def test_without_a_meta_the_dataset_by_class_count_gives_its_defaults():
+    config = mmseg_pretrained_config(150, {}, None)
+    assert config.dataset == "ade20k" and config.palette == DATASETS["ade20k"].palette
+    assert config.palette[:2] == ((120, 120, 120), (180, 120, 120))  # mmseg's, not a bit map
+    assert config.image_scale == (2048, 512) and config.crop_size is None
 
 
 def test_pretrained_config_from_release_class_count_or_nothing():
