@@ -36,8 +36,6 @@ from typing import NamedTuple
 
 import torch
 
-from ._precision import _fake_tensors_active
-
 #: Device types on which ``"auto"`` measures (elsewhere the written rule decides).
 PROBED_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 #: Timed runs per candidate after one warm-up run; the best counts.
@@ -71,6 +69,15 @@ class Candidate(NamedTuple):
         if self.value_split is not None:
             details.append(f"split {self.value_split}")
         return f"{self.backend}[{', '.join(details)}]" if details else self.backend
+
+
+def _fake_tensors_active() -> bool:
+    """Whether a FakeTensorMode is active (shape propagation, export): kernels take no time."""
+    try:
+        from torch._guards import detect_fake_mode
+    except ImportError:  # a torch without it has no fake tensors to worry about
+        return False
+    return detect_fake_mode() is not None
 
 
 def bucket(positions: int) -> int:
