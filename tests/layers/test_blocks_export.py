@@ -5,7 +5,13 @@ from functools import partial
 import pytest
 import torch
 
-from attnblocks import ContextBlock, CrissCrossAttention, NonLocal2d
+from attnblocks import (
+    ContextBlock,
+    CrissCrossAttention,
+    DisentangledNonLocal2d,
+    NonLocal2d,
+    PointwiseSpatialAttention,
+)
 from tests.layers.test_spatial_blocks import randomise
 
 BLOCKS = {
@@ -17,6 +23,11 @@ BLOCKS = {
     "non_local_dot_product": partial(NonLocal2d, mode="dot_product"),
     "non_local_concatenation": partial(NonLocal2d, mode="concatenation", sub_sample=True),
     "context": partial(ContextBlock, fusion=("channel_add", "channel_mul")),
+    "dnl_embedded_gaussian_chunked": partial(
+        DisentangledNonLocal2d, backend="chunked", chunk_size=16
+    ),
+    # 9 x 11 maps shrink to 5 x 6 (align_corners=True): psa_mask with a 5 x 4 mask
+    "psa_bi_direction": partial(PointwiseSpatialAttention, mask_size=(5, 4)),
 }
 
 

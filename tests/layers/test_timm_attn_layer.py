@@ -6,7 +6,14 @@ import pytest
 import timm
 import torch
 
-from attnblocks import CAM, PAM, ContextBlock, CrissCrossAttention, NonLocal2d
+from attnblocks import (
+    CAM,
+    PAM,
+    ContextBlock,
+    CrissCrossAttention,
+    DisentangledNonLocal2d,
+    NonLocal2d,
+)
 
 
 @pytest.mark.parametrize(
@@ -23,6 +30,13 @@ from attnblocks import CAM, PAM, ContextBlock, CrissCrossAttention, NonLocal2d
             partial(ContextBlock, zero_init_last=False, fusion=("channel_add", "channel_mul")),
             ContextBlock,
         ),
+        *[
+            (
+                partial(DisentangledNonLocal2d, mode=mode, zero_init_last=False),
+                DisentangledNonLocal2d,
+            )
+            for mode in ("embedded_gaussian", "dot_product")
+        ],
     ],
     ids=[
         "CAM",
@@ -30,6 +44,8 @@ from attnblocks import CAM, PAM, ContextBlock, CrissCrossAttention, NonLocal2d
         "CrissCross",
         *(f"NonLocal-{m}" for m in ("eg", "g", "dot", "cat")),
         "Context",
+        "DNL-eg",
+        "DNL-dot",
     ],
 )
 def test_resnet18_with_attention_in_every_block(attn_layer, block_type):
