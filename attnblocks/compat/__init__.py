@@ -13,6 +13,8 @@ key in one ``ValueError``. Sources so far:
 - ``mmseg.py``: mmsegmentation's segmentors on ResNetV1c (``MMSEG_DANET``,
   ``MMSEG_CCNET``), with the helpers that read its checkpoints and infer backbone depth
   and classes.
+- ``mmseg_nonlocal.py``: its non-local family (``MMSEG_NLNET``, ``MMSEG_GCNET``,
+  ``MMSEG_DNLNET``, ``MMSEG_PSANET``) and the decode head's settings of a meta config.
 
 Adding a source is adding a table, in a file named after the source:
 
@@ -58,6 +60,21 @@ from .mmseg import (
     mmseg_segmentor_key_map,
     read_mmseg_checkpoint,
 )
+from .mmseg_nonlocal import (
+    MMSEG_DNLHEAD_RULES,
+    MMSEG_DNLNET,
+    MMSEG_GCHEAD_RULES,
+    MMSEG_GCNET,
+    MMSEG_NLHEAD_RULES,
+    MMSEG_NLNET,
+    MMSEG_PSAHEAD_RULES,
+    MMSEG_PSANET,
+    fcn_attention_head_rules,
+    mmseg_context_options,
+    mmseg_decode_head_settings,
+    mmseg_non_local_options,
+    mmseg_psa_options,
+)
 from .original import (
     ORIGINAL_DANET,
     ORIGINAL_DANET_HEAD,
@@ -76,6 +93,14 @@ __all__ = [
     "MMSEG_CCNET",
     "MMSEG_DAHEAD_RULES",
     "MMSEG_DANET",
+    "MMSEG_DNLHEAD_RULES",
+    "MMSEG_DNLNET",
+    "MMSEG_GCHEAD_RULES",
+    "MMSEG_GCNET",
+    "MMSEG_NLHEAD_RULES",
+    "MMSEG_NLNET",
+    "MMSEG_PSAHEAD_RULES",
+    "MMSEG_PSANET",
     "MMSEG_RESNET_V1C_RULES",
     "ORIGINAL_DANET",
     "ORIGINAL_DANET_HEAD",
@@ -86,12 +111,17 @@ __all__ = [
     "convert_mmseg_danet_state_dict",
     "convert_original_head_state_dict",
     "convert_original_state_dict",
+    "fcn_attention_head_rules",
     "load_mmcv_state_dict",
     "load_original_state_dict",
     "load_state_dict_strictly",
     "mmcv_key_map",
     "mmseg_backbone_name",
+    "mmseg_context_options",
+    "mmseg_decode_head_settings",
+    "mmseg_non_local_options",
     "mmseg_num_classes",
+    "mmseg_psa_options",
     "mmseg_segmentor_key_map",
     "prefixed",
     "read_checkpoint",

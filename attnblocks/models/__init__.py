@@ -6,6 +6,11 @@ from .base import MMSEG_MODELS, SegmentationModel, main_logits
 from .ccnet import CCNet, CCNetHead
 from .danet import DANet
 from .danet_head import DANetHead, DANetOutput
+from .dnlnet import DNLNet
+from .fcn_attention_head import FCNAttentionHead
+from .gcnet import GCNet
+from .nlnet import NLNet
+from .psanet import PSANet, PSANetHead
 from .registry import from_mmseg, mmseg_model_class
 
 __all__ = [
@@ -16,6 +21,12 @@ __all__ = [
     "DANet",
     "DANetHead",
     "DANetOutput",
+    "DNLNet",
+    "FCNAttentionHead",
+    "GCNet",
+    "NLNet",
+    "PSANet",
+    "PSANetHead",
     "SegmentationModel",
     "apply_multi_grid",
     "create_backbone",
