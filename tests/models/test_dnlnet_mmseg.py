@@ -57,8 +57,12 @@ def test_the_block_settings_come_from_the_config():
 
 def test_a_release_name_downloads_and_sets_window_and_alignment(monkeypatch):
     fetched = []
-    monkeypatch.setattr(base, "load_mmseg_checkpoint",
-                        lambda name: fetched.append(name) or fixture_checkpoint(DNLNET))  # fmt: skip
+
+    def download(name):
+        fetched.append(name)
+        return fixture_checkpoint(DNLNET)
+
+    monkeypatch.setattr(base, "load_mmseg_checkpoint", download)
     name = "dnl_r50-d8_4xb2-80k_cityscapes-769x769"
     model = DNLNet.from_mmseg(name)
     assert fetched == [name]

@@ -56,8 +56,12 @@ def test_the_block_settings_come_from_the_config():
 
 def test_a_release_name_downloads_and_sets_window_and_alignment(monkeypatch):
     fetched = []
-    monkeypatch.setattr(base, "load_mmseg_checkpoint",
-                        lambda name: fetched.append(name) or fixture_checkpoint(NLNET))  # fmt: skip
+
+    def download(name):
+        fetched.append(name)
+        return fixture_checkpoint(NLNET)
+
+    monkeypatch.setattr(base, "load_mmseg_checkpoint", download)
     name = "nonlocal_r50-d8_4xb2-40k_cityscapes-769x769"
     model = NLNet.from_mmseg(name, attention_backend="chunked")
     assert fetched == [name]
