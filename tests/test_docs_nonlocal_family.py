@@ -19,8 +19,9 @@ def test_release_tables_list_every_release_of_the_data_file():
     text = PAGE.read_text()
     for title, model in MODELS.items():
         section = text.split(f"### {title}\n", 1)[1].split("###", 1)[0]
-        rows = re.findall(r"^\| `([^`]+)` \| [^|]+ \| [^|]+ \| [^|]+ \| ([\d.]+) \| ([\d.-]+) \|",
-                          section, re.M)  # fmt: skip
+        rows = re.findall(
+            r"^\| `([^`]+)` \| [^|]+ \| [^|]+ \| [^|]+ \| ([\d.]+) \| ([\d.-]+) \|", section, re.M
+        )  # the other cells: tests/pretrained/test_mmseg_checkpoints.py
         entries = [e for e in MMSEG_CHECKPOINTS.values() if e.model == model]
         assert [config for config, _, _ in rows] == [e.config for e in entries]
         for (_, miou, ms_flip), entry in zip(rows, entries):

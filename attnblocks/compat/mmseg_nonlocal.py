@@ -120,10 +120,10 @@ def mmseg_non_local_options(
     """``reduction``, ``mode`` and ``use_scale`` of an mmseg non-local (or DNL) block.
 
     The reduction comes from the config, else from the weights (the width of ``g``,
-    ``theta`` and ``phi`` when they agree); the mode
-    from the config, else from the keys where they show it (no ``theta``: gaussian;
-    ``concat_project``: concatenation); ``use_scale`` and ``temperature`` (DNL) from the
-    config only. What is not known is left out (the model's default applies).
+    ``theta`` and ``phi`` when they agree); the mode from the config, else from the keys
+    where they show it (no ``theta``: gaussian; ``concat_project``: concatenation);
+    ``use_scale`` and ``temperature`` (DNL) from the config only. What is not known is
+    left out (the model's default applies).
 
     Args:
         state_dict: the checkpoint's weights (mmseg key names).
@@ -138,7 +138,7 @@ def mmseg_non_local_options(
         for name in ("g", "theta", "phi")
         if (weight := state_dict.get(f"{block}{name}.conv.weight")) is not None and weight.ndim == 4
     }
-    if isinstance(settings.get("reduction"), int):
+    if isinstance(settings.get("reduction"), int) and not isinstance(settings["reduction"], bool):
         options["reduction"] = settings["reduction"]
     elif len(shapes) == 1 and min(next(iter(shapes))) > 0:
         inter, channels = next(iter(shapes))

@@ -76,6 +76,9 @@ class PointwiseSpatialAttention(nn.Module):
     (``attention_p``, bi-direction only) and ``proj``, each ``ConvModule`` as
     ``conv``/``norm``/``act``. Single-direction blocks have ``reduce`` and ``mask`` only.
 
+    Positions outside a pixel's mask are placed as zeros and so enter the softmax with
+    logit 0, as in mmseg and the authors' code: they keep a small weight, not none.
+
     The output is new features, not ``x`` plus a residual: the block does not start as
     the identity and is not meant as a timm ``attn_layer``. The mask logits and the
     softmax run in at least float32, also under ``torch.autocast``; the aggregation runs
