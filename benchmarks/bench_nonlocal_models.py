@@ -19,9 +19,11 @@ one run after a warm-up on a small image (a case taking longer than
 input, as the resident-set high-water mark of a forked child per case, which may allocate
 at most ``--memory-cap-gib`` (a case needing more is reported ``oom``).
 
-Example (the committed table)::
+Example (the committed table: the N x N model run at 1024 x 2048 too, on a machine with
+more than 14 GiB free)::
 
-    python benchmarks/bench_nonlocal_models.py --out benchmarks/results
+    python benchmarks/bench_nonlocal_models.py --out benchmarks/results --nxn-limit-gib 16 \
+        --memory-cap-gib 14 --note "other jobs shared the machine"
     python benchmarks/bench_nonlocal_models.py --quick   # small images, resnet18, a minute
 """
 
@@ -200,6 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--nxn-limit-gib", type=float, default=8.0,
         help="N x N cases whose two matrices take this much or more are not run")  # fmt: skip
     add("--quick", action="store_true", help="small images (add --backbone resnet18)")
+    add("--note", default="", help="a sentence for the table's header (what else ran...)")
     add("--out", type=Path, default=default_out_dir(),
         help="default runs/benchmarks; the committed tables: benchmarks/results")  # fmt: skip
     add("--stem", help="output file name stem (default: from device and torch version)")
@@ -227,6 +230,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         f"stride 8, batch 1, float32, torch.inference_mode; memory: peak resident set of a "
         f"forked process per case above the built model and input (cap "
         f"{args.memory_cap_gib:g} GiB); run took {duration:.0f} s."
+        + (f" Note: {args.note}." if args.note else "")
     )
     table = markdown_table(results, header)
     args.out.mkdir(parents=True, exist_ok=True)
