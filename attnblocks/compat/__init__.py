@@ -17,6 +17,8 @@ key in one ``ValueError``. Sources so far:
   (``MMSEG_ANNNET``, ``MMSEG_ISANET``, ``MMSEG_EMANET``).
 - ``mmseg_ocr.py``: mmsegmentation's OCRNet cascade on ResNetV1c or HRNetV2
   (``MMSEG_OCRNET``).
+- ``mmseg_nonlocal.py``: its non-local family (``MMSEG_NLNET``, ``MMSEG_GCNET``,
+  ``MMSEG_DNLNET``, ``MMSEG_PSANET``) and the decode head's settings of a meta config.
 
 Adding a source is adding a table, in a file named after the source:
 
@@ -62,6 +64,21 @@ from .mmseg import (
     mmseg_segmentor_key_map,
     read_mmseg_checkpoint,
 )
+from .mmseg_config import mmseg_decode_head_settings
+from .mmseg_nonlocal import (
+    MMSEG_DNLHEAD_RULES,
+    MMSEG_DNLNET,
+    MMSEG_GCHEAD_RULES,
+    MMSEG_GCNET,
+    MMSEG_NLHEAD_RULES,
+    MMSEG_NLNET,
+    MMSEG_PSAHEAD_RULES,
+    MMSEG_PSANET,
+    fcn_attention_head_rules,
+    mmseg_context_options,
+    mmseg_non_local_options,
+    mmseg_psa_options,
+)
 from .mmseg_ocr import (
     MMSEG_HRNET_RULES,
     MMSEG_OBJECT_ATTENTION_RULES,
@@ -76,7 +93,6 @@ from .mmseg_self_attention import (
     MMSEG_ISAHEAD_RULES,
     MMSEG_ISANET,
     check_mmseg_shared_key_query,
-    mmseg_decode_head_settings,
     mmseg_projection_rules,
     mmseg_self_attention_rules,
 )
@@ -100,14 +116,22 @@ __all__ = [
     "MMSEG_CCNET",
     "MMSEG_DAHEAD_RULES",
     "MMSEG_DANET",
+    "MMSEG_DNLHEAD_RULES",
+    "MMSEG_DNLNET",
     "MMSEG_EMAHEAD_RULES",
     "MMSEG_EMANET",
+    "MMSEG_GCHEAD_RULES",
+    "MMSEG_GCNET",
     "MMSEG_HRNET_RULES",
     "MMSEG_ISAHEAD_RULES",
     "MMSEG_ISANET",
+    "MMSEG_NLHEAD_RULES",
+    "MMSEG_NLNET",
     "MMSEG_OBJECT_ATTENTION_RULES",
     "MMSEG_OCRNET",
     "MMSEG_OCR_CASCADE_RULES",
+    "MMSEG_PSAHEAD_RULES",
+    "MMSEG_PSANET",
     "MMSEG_RESNET_V1C_RULES",
     "ORIGINAL_DANET",
     "ORIGINAL_DANET_HEAD",
@@ -119,14 +143,18 @@ __all__ = [
     "convert_mmseg_danet_state_dict",
     "convert_original_head_state_dict",
     "convert_original_state_dict",
+    "fcn_attention_head_rules",
     "load_mmcv_state_dict",
     "load_original_state_dict",
     "load_state_dict_strictly",
     "mmcv_key_map",
     "mmseg_backbone_name",
+    "mmseg_context_options",
     "mmseg_decode_head_settings",
+    "mmseg_non_local_options",
     "mmseg_num_classes",
     "mmseg_projection_rules",
+    "mmseg_psa_options",
     "mmseg_segmentor_key_map",
     "mmseg_self_attention_rules",
     "prefixed",

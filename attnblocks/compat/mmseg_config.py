@@ -114,6 +114,48 @@ def mmseg_decode_head_types(config: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(str(h["type"]) for h in heads if isinstance(h, Mapping) and "type" in h)
 
 
+def mmseg_decode_head_settings(
+    meta: Mapping[str, Any], head_type: str | None = None
+) -> dict[str, Any]:
+    """The literal settings of a decode head in a checkpoint's meta config.
+
+    Settings that the weights do not show (ISA's ``down_factor``, the non-local mode, PSA's
+    direction...) come from here when the checkpoint carries its config.
+
+    Args:
+        meta: the checkpoint's ``meta`` (``{}`` without one).
+        head_type: mmseg's head type (``"ISAHead"``); None: the last decode head (a
+            cascade's final one).
+
+    Returns:
+        ``{name: value}`` of the head's ``dict(...)``, values that are not literals left
+        out; ``{}`` when there is no config, an unreadable one (the weights and the
+        defaults decide then) or no such head.
+    """
+    try:
+        config = mmseg_config_of(meta)
+    except ValueError:  # not Python source: nothing to read settings from
+        return {}
+    model = config.get("model") if config is not None else None
+    heads = model.get("decode_head") if isinstance(model, Mapping) else None
+    heads = [heads] if isinstance(heads, Mapping) else heads if isinstance(heads, list) else []
+    heads = [head for head in heads if isinstance(head, Mapping)]
+    if head_type is not None:
+        heads = [head for head in heads if head.get("type") == head_type]
+    if not heads:
+        return {}
+    return {key: value for key, value in heads[-1].items() if _is_literal(value)}
+
+
+def _is_literal(value: Any) -> bool:
+    """Whether a parsed config value holds no :data:`UNREADABLE` at any depth."""
+    if isinstance(value, (list, tuple)):
+        return all(_is_literal(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(_is_literal(item) for item in value.values())
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 # mmseg's dataset classes of the datasets this package knows (0.x and 1.x use the same names)
 MMSEG_DATASET_TYPES: dict[str, str] = {
     "CityscapesDataset": "cityscapes",

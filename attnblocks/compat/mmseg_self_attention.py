@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
 from torch import Tensor
 
 from ._keymap import KeyMap, Rename
 from .mmseg import conv_module_rules, mmseg_segmentor_key_map
-from .mmseg_config import mmseg_config_of
 
 #: ANN checkpoints with up to this many attention stages (``query_scales`` entries) load;
 #: every mmseg ANN release has one.
@@ -208,39 +206,3 @@ _ANNNET = mmseg_segmentor_key_map("ANNNet", MMSEG_ANNHEAD_RULES)
 MMSEG_ANNNET: KeyMap = dataclasses.replace(_ANNNET, drop=(*_ANNNET.drop, *MMSEG_ANN_SHARED_COPIES))
 MMSEG_ISANET = mmseg_segmentor_key_map("ISANet", MMSEG_ISAHEAD_RULES)
 MMSEG_EMANET = mmseg_segmentor_key_map("EMANet", MMSEG_EMAHEAD_RULES)
-
-
-def mmseg_decode_head_settings(meta: Mapping[str, Any], head_type: str) -> dict[str, Any]:
-    """The settings of the ``head_type`` decode head in a checkpoint's meta config.
-
-    Settings that the weights do not show (ANN's ``key_pool_scales``, ISA's
-    ``down_factor``, EMA's ``num_stages``) come from here when the checkpoint carries its
-    config; values that are not literals are left out.
-
-    Args:
-        meta: the checkpoint's ``meta`` (``{}`` without one).
-        head_type: mmseg's head type (``"ISAHead"``).
-
-    Returns:
-        The head's config entries, ``{}`` when there is no config, an unreadable one (the
-        defaults, every release's settings, apply then) or no such head.
-    """
-    try:
-        config = mmseg_config_of(meta)
-    except ValueError:  # not Python source: nothing to read settings from
-        return {}
-    model = config.get("model") if config is not None else None
-    heads = model.get("decode_head") if isinstance(model, Mapping) else None
-    heads = [heads] if isinstance(heads, Mapping) else heads if isinstance(heads, list) else []
-    for head in heads:
-        if isinstance(head, Mapping) and head.get("type") == head_type:
-            return {key: value for key, value in head.items() if _is_literal(value)}
-    return {}
-
-
-def _is_literal(value: Any) -> bool:
-    if isinstance(value, (list, tuple)):
-        return all(_is_literal(item) for item in value)
-    if isinstance(value, Mapping):
-        return all(_is_literal(item) for item in value.values())
-    return value is None or isinstance(value, (bool, int, float, str))

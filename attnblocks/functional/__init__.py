@@ -19,6 +19,7 @@ from .position import (
     position_attention_weights,
     select_position_backend,
 )
+from .psa_mask import PSA_TYPES, psa_mask
 
 __all__ = [
     "BACKEND_ENV_VAR",
@@ -27,6 +28,7 @@ __all__ = [
     "CHANNEL_MODES",
     "DEFAULT_CHUNK_MEMORY",
     "POSITION_BACKENDS",
+    "PSA_TYPES",
     "attention_backend",
     "channel_attention",
     "channel_attention_weights",
@@ -38,6 +40,7 @@ __all__ = [
     "low_precision_is_faster",
     "position_attention",
     "position_attention_weights",
+    "psa_mask",
     "select_position_backend",
     "set_attention_backend",
 ]

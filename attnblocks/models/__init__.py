@@ -7,10 +7,15 @@ from .base import MMSEG_MODELS, SegmentationModel, main_logits
 from .ccnet import CCNet, CCNetHead
 from .danet import DANet
 from .danet_head import DANetHead, DANetOutput
+from .dnlnet import DNLNet
 from .emanet import EMANet, EMANetHead
+from .fcn_attention_head import FCNAttentionHead
+from .gcnet import GCNet
 from .hrnet import use_bilinear_fusion
 from .isanet import ISANet, ISANetHead
+from .nlnet import NLNet
 from .ocrnet import OCRNet, OCRNetHead, OCRNetOutput
+from .psanet import PSANet, PSANetHead
 from .registry import from_mmseg, mmseg_model_class
 
 __all__ = [
@@ -23,13 +28,19 @@ __all__ = [
     "DANet",
     "DANetHead",
     "DANetOutput",
+    "DNLNet",
     "EMANet",
     "EMANetHead",
+    "FCNAttentionHead",
+    "GCNet",
     "ISANet",
     "ISANetHead",
+    "NLNet",
     "OCRNet",
     "OCRNetHead",
     "OCRNetOutput",
+    "PSANet",
+    "PSANetHead",
     "SegmentationModel",
     "apply_multi_grid",
     "create_backbone",

@@ -1,7 +1,8 @@
 """mmseg checkpoints for tests: the fixtures' fill-rule weights, and other depths / class counts.
 
 The fixtures (``tests/data/mm_reference``) list the keys of mmseg's DANet-R50 and
-CCNet-R50 on Cityscapes (``mmseg_danet``, ``mmseg_ccnet``) exactly as mmseg's
+CCNet-R50 on Cityscapes (``mmseg_danet``, ``mmseg_ccnet``; ``manifest.json``) and of its
+other attention heads (``mmseg_nlnet``...; ``zoo_manifest.json``) exactly as mmseg's
 ``state_dict()`` does, ``auxiliary_head.*`` included. ResNetV1c-101 differs only in the
 number of ``layer3`` blocks (23 instead of 6), so its key list is the fixture's with
 blocks 6..22 added after block 5's pattern: mmseg-named keys made without this
@@ -10,6 +11,7 @@ package's mapping. Every helper takes the fixture's name (default: DANet's).
 
 from __future__ import annotations
 
+import json
 import re
 from functools import cache
 
@@ -32,8 +34,16 @@ DANET, CCNET = "mmseg_danet", "mmseg_ccnet"  # the fixtures' names
 
 
 def fixture_config(name: str = DANET) -> dict:
-    """An mmseg fixture's manifest entry (configuration, seed, keys)."""
-    return manifest(MM_DATA_DIR)[name]
+    """An mmseg fixture's manifest entry (configuration, seed, keys): ``manifest.json``'s,
+    else ``zoo_manifest.json``'s (the other attention heads)."""
+    entries = manifest(MM_DATA_DIR)
+    return entries[name] if name in entries else zoo_manifest()[name]
+
+
+@cache
+def zoo_manifest() -> dict:
+    """The zoo fixtures' manifest (``mmseg_nlnet``...): config, head settings, seed, keys."""
+    return json.loads((MM_DATA_DIR / "zoo_manifest.json").read_text())
 
 
 def fixture_arrays(name: str = DANET) -> dict[str, Tensor]:

@@ -9,9 +9,11 @@ from attnblocks import (
     AsymmetricPyramidNonLocal,
     ContextBlock,
     CrissCrossAttention,
+    DisentangledNonLocal2d,
     ExpectationMaximizationAttention,
     InterlacedSparseSelfAttention,
     NonLocal2d,
+    PointwiseSpatialAttention,
 )
 from tests.layers.test_spatial_blocks import randomise
 
@@ -29,6 +31,11 @@ BLOCKS = {
     # 9 x 11 maps pad to 12 x 12 (4 x 3 groups of 3 x 4)
     "isa": partial(InterlacedSparseSelfAttention, down_factor=(3, 4)),
     "ema": partial(ExpectationMaximizationAttention, num_bases=8),
+    "dnl_embedded_gaussian_chunked": partial(
+        DisentangledNonLocal2d, backend="chunked", chunk_size=16
+    ),
+    # 9 x 11 maps shrink to 5 x 6 (align_corners=True): psa_mask with a 5 x 4 mask
+    "psa_bi_direction": partial(PointwiseSpatialAttention, mask_size=(5, 4)),
 }
 
 

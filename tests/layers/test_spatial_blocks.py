@@ -1,8 +1,9 @@
 """What every spatial block promises: any map size, float64 gradients, mixed precision, errors.
 
 Each block is compared with an independent float64 transcription of mmcv's forward
-(tests/layers/mm_reference.py) or, for ContextBlock, with mmcv's fixture-verified
-math written out in the test.
+(tests/layers/mm_reference.py), of mmseg's (DNL and PSA blocks:
+tests/layers/nonlocal_family_reference.py) or, for ContextBlock, with mmcv's
+fixture-verified math written out in the test.
 """
 
 from functools import partial
@@ -11,8 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnblocks import ContextBlock, CrissCrossAttention, NonLocal2d
+from attnblocks import (
+    ContextBlock,
+    CrissCrossAttention,
+    DisentangledNonLocal2d,
+    NonLocal2d,
+    PointwiseSpatialAttention,
+)
 from tests.layers.mm_reference import reference_criss_cross, reference_non_local
+from tests.layers.nonlocal_family_reference import reference_dnl, reference_psa
 from tests.reference import relative_error
 
 
@@ -52,6 +60,15 @@ def randomise(module, seed=0):
     return module
 
 
+def psa_block(channels, psa_type, **factory):
+    """A PSA block in eval mode (its BatchNorms use their running statistics, as the
+    reference's); no shrinking, so that its grid is the map (shrinking: its own tests)."""
+    block = PointwiseSpatialAttention(
+        channels, (5, 4), psa_type=psa_type, shrink_factor=1, **factory
+    )
+    return block.eval()
+
+
 # name -> (factory(channels, **dd), float64 reference(x, state) or None)
 BLOCKS = {
     "criss_cross": (CrissCrossAttention, reference_criss_cross_block),
@@ -70,6 +87,20 @@ BLOCKS = {
         )
         for pooling in ("att", "avg")
         for fusion in (("channel_add",), ("channel_mul",), ("channel_add", "channel_mul"))
+    },
+    **{
+        f"dnl_{mode}": (
+            partial(DisentangledNonLocal2d, mode=mode, zero_init_last=False),
+            partial(reference_dnl, mode=mode),
+        )
+        for mode in ("embedded_gaussian", "dot_product")
+    },
+    **{
+        f"psa_{psa_type}": (
+            partial(psa_block, psa_type=psa_type),
+            partial(reference_psa, mask_size=(5, 4), psa_type=psa_type, shrink_factor=1),
+        )
+        for psa_type in ("collect", "distribute", "bi-direction")
     },
 }
 NAMES = sorted(BLOCKS)
@@ -151,7 +182,7 @@ def test_attention_map_shape_and_point_checks(name):
     maps = block.attention_map(x, [(0, 0), (5, 8)])
     key_size = (3, 4) if "_sub" in name else (6, 9)
     assert maps.shape == (2, 2, *key_size) and torch.isfinite(maps).all()
-    if not name.startswith(("non_local_dot", "non_local_concat")):
+    if not name.startswith(("non_local_dot", "non_local_concat", "dnl_dot")):
         torch.testing.assert_close(maps.sum(dim=(-2, -1)), torch.ones(2, 2))
     with pytest.raises(ValueError, match=r"points \[\[6, 0\]\] lie outside the 6 x 9"):
         block.attention_map(x, [(6, 0)])

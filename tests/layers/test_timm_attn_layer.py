@@ -12,6 +12,7 @@ from attnblocks import (
     AsymmetricPyramidNonLocal,
     ContextBlock,
     CrissCrossAttention,
+    DisentangledNonLocal2d,
     ExpectationMaximizationAttention,
     InterlacedSparseSelfAttention,
     NonLocal2d,
@@ -36,6 +37,13 @@ from attnblocks import (
         # (1, 2): even layer4's 2 x 2 maps leave two pixels in every group, so q/k get gradients
         (partial(InterlacedSparseSelfAttention, down_factor=(1, 2)), InterlacedSparseSelfAttention),
         (partial(ExpectationMaximizationAttention, num_bases=8), ExpectationMaximizationAttention),
+        *[
+            (
+                partial(DisentangledNonLocal2d, mode=mode, zero_init_last=False),
+                DisentangledNonLocal2d,
+            )
+            for mode in ("embedded_gaussian", "dot_product")
+        ],
     ],
     ids=[
         "CAM",
@@ -46,6 +54,8 @@ from attnblocks import (
         "APNB",
         "ISA",
         "EMA",
+        "DNL-eg",
+        "DNL-dot",
     ],
 )
 def test_resnet18_with_attention_in_every_block(attn_layer, block_type):

@@ -14,7 +14,14 @@ import timm
 import torch
 from torch import nn
 
-from attnblocks import CAM, PAM, ContextBlock, CrissCrossAttention, NonLocal2d
+from attnblocks import (
+    CAM,
+    PAM,
+    ContextBlock,
+    CrissCrossAttention,
+    DisentangledNonLocal2d,
+    NonLocal2d,
+)
 
 #: ``attn_layer`` factories, called as ``attn_layer(channels, device=..., dtype=...)``,
 #: of blocks that start as the identity (their last layer or their gamma at zero).
@@ -30,6 +37,10 @@ IDENTITY_AT_START = [
     pytest.param(partial(NonLocal2d, norm_layer=nn.BatchNorm2d), id="NonLocal-norm"),
     pytest.param(ContextBlock, id="Context"),
     pytest.param(partial(ContextBlock, pooling="avg"), id="Context-avg"),
+    *[
+        pytest.param(partial(DisentangledNonLocal2d, mode=mode), id=f"DNL-{mode}")
+        for mode in ("embedded_gaussian", "dot_product")
+    ],
 ]
 
 

@@ -20,7 +20,10 @@ from attnblocks.pretrained import (
 )
 from tests.pretrained.mmseg_meta import meta_0x, meta_1x, mmseg_metainfo, release_dataset
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+# README and the docs site's model pages list the releases (docs/models/nonlocal-family.md...)
+RELEASE_PAGES = [README, *sorted((ROOT / "docs" / "models").glob("*.md"))]
 
 
 # releases per model in mmsegmentation 1.2.2's metafiles (config prefix, download folder)
@@ -70,8 +73,9 @@ def test_torch_hub_finds_the_hash_prefix_in_every_file_name():
         assert len(entry.sha256_prefix) == 8
 
 
-def test_readme_lists_every_checkpoint():
-    rows = [line for line in README.read_text().splitlines() if MMSEG_DOWNLOAD_ROOT in line]
+def test_readme_and_docs_list_every_checkpoint():
+    lines = [line for page in RELEASE_PAGES for line in page.read_text().splitlines()]
+    rows = [line for line in lines if MMSEG_DOWNLOAD_ROOT in line]
     loadable = [e for e in MMSEG_CHECKPOINTS.values() if e.model in MMSEG_MODELS]
     assert len(rows) == len(loadable)
     for entry in loadable:
