@@ -24,7 +24,6 @@ from PIL import Image
 
 from attnblocks.pretrained import DATASETS, MMSEG_CHECKPOINTS, find_mmseg_checkpoint
 from tests.compat.mmseg_reference import fixture_checkpoint, fixture_config, mmseg_state_dict
-from tests.reference import MM_DATA_DIR, manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -81,6 +80,14 @@ def collect() -> list:
 # ---------------------------------------------------------------- fixture-made weights
 
 
+def release_fixture(model: str, backbone: str) -> str | None:
+    """The mmseg fixture whose keys (up to layer3's depth) a release of ``model`` on
+    ``backbone`` has; None when no fixture has its backbone (HRNet-W18-Small, W48)."""
+    if backbone.startswith("HRNet"):
+        return "mmseg_ocrnet_hr18" if backbone == "HRNetV2p-W18" else None
+    return {"annnet": "mmseg_ann", "ocrnet": "mmseg_ocrnet_r101"}.get(model, f"mmseg_{model}")
+
+
 @cache
 def release_checkpoint(config: str) -> dict:
     """A checkpoint of the release's model, depth and classes, with fixture weights.
@@ -89,23 +96,24 @@ def release_checkpoint(config: str) -> dict:
     meta; other depths and class counts get seeded random weights on the fixture's keys.
     """
     entry = MMSEG_CHECKPOINTS[config]
-    fixture = f"mmseg_{entry.model}"
-    if fixture not in manifest(MM_DATA_DIR):
+    fixture = release_fixture(entry.model, entry.backbone)
+    try:
+        keys = fixture_config(fixture)["keys"]
+    except KeyError:
         raise LookupError(
-            f"a docs block loads {config!r}, a {entry.model} release, and tests/data/mm_reference "
-            f"has no {fixture} fixture to make its weights from: add the fixture or mark the "
-            "block <!-- docs-test: skip (why) -->"
-        )
-    depth = {"R-50-D8": 6, "R-101-D8": 23}.get(entry.backbone)
-    if depth is None:
-        raise LookupError(f"no fixture-made weights for backbone {entry.backbone} ({config})")
-    classes = len(DATASETS[entry.dataset].classes)
-    fixture_classes = next(
-        shape[0]
-        for key, shape in fixture_config(fixture)["keys"]
-        if key.endswith("conv_seg.weight")
+            f"a docs block loads {config!r}, a {entry.model} release on {entry.backbone}, and "
+            "tests/data/mm_reference has no fixture to make its weights from: load a release "
+            "of a fixture's backbone, add the fixture or mark the block "
+            "<!-- docs-test: skip (why) -->"
+        ) from None
+    fixture_depth = len(
+        {key.split(".")[2] for key, _ in keys if key.startswith("backbone.layer3.")}
     )
-    if depth == 6 and classes == fixture_classes:
+    # layer3 blocks: R-50 6, R-101 23; an HRNet fixture has the release's own layout
+    depth = {"R-50-D8": 6, "R-101-D8": 23}.get(entry.backbone, fixture_depth)
+    classes = len(DATASETS[entry.dataset].classes)
+    fixture_classes = next(shape[0] for key, shape in keys if key.endswith("conv_seg.weight"))
+    if depth == fixture_depth and classes == fixture_classes:
         return fixture_checkpoint(fixture)
     state = mmseg_state_dict(fixture, depth, classes)
     for key, value in state.items():

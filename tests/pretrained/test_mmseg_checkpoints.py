@@ -2,12 +2,10 @@
 
 import hashlib
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
-from attnblocks.models import MMSEG_MODELS
 from attnblocks.models.base import fetch_mmseg_checkpoint
 from attnblocks.pretrained import (
     DATASETS,
@@ -19,12 +17,6 @@ from attnblocks.pretrained import (
     mmseg_pretrained_config,
 )
 from tests.pretrained.mmseg_meta import meta_0x, meta_1x, mmseg_metainfo, release_dataset
-
-ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
-# README and the docs site's model pages list the releases (docs/models/nonlocal-family.md...)
-RELEASE_PAGES = [README, *sorted((ROOT / "docs" / "models").glob("*.md"))]
-
 
 # releases per model in mmsegmentation 1.2.2's metafiles (config prefix, download folder)
 RELEASES = {
@@ -71,19 +63,6 @@ def test_torch_hub_finds_the_hash_prefix_in_every_file_name():
     for entry in MMSEG_CHECKPOINTS.values():
         assert torch.hub.HASH_REGEX.search(entry.file_name).group(1) == entry.sha256_prefix
         assert len(entry.sha256_prefix) == 8
-
-
-def test_readme_and_docs_list_every_checkpoint():
-    lines = [line for page in RELEASE_PAGES for line in page.read_text().splitlines()]
-    rows = [line for line in lines if MMSEG_DOWNLOAD_ROOT in line]
-    loadable = [e for e in MMSEG_CHECKPOINTS.values() if e.model in MMSEG_MODELS]
-    assert len(rows) == len(loadable)
-    for entry in loadable:
-        row = next(line for line in rows if entry.url in line)
-        ms = "-" if entry.miou_ms_flip is None else f"{entry.miou_ms_flip:.2f}"
-        cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert entry.config in cells[0] and f"{entry.miou:.2f}" in cells and ms in cells
-        assert f"`{entry.sha256_prefix}`" in cells
 
 
 def test_find_by_config_file_name_path_or_url():
