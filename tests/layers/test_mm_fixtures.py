@@ -86,5 +86,10 @@ def test_criss_cross_gamma_gradient_matches_float64():
     module = build("criss_cross")
     run_fixture(module, arrays)
     double = build("criss_cross").double()
-    run_fixture(double, {key: value.double() for key, value in arrays.items()})
-    assert relative_error(module.gamma.grad, double.gamma.grad) < 1e-4
+    doubles = {key: value.double() for key, value in arrays.items()}
+    out, x = run_fixture(double, doubles)
+    # the sum of terms of total size ~2e4 cancels to ~0.47 (above): float32's error depends
+    # on the summation order (the thread count), so it is bounded against the terms' size
+    # (measured 2e-9 and 4e-9 of it with 2 and 1 threads)
+    terms = (doubles["weight_for_loss"] * (out.detach() - x.detach()) / double.gamma).abs()
+    assert (module.gamma.grad.double() - double.gamma.grad).abs() < 1e-7 * terms.sum()
