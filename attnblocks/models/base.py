@@ -91,6 +91,24 @@ def fetch_mmseg_checkpoint(
     return entry, path_or_checkpoint
 
 
+def mmseg_weights_source(
+    path_or_checkpoint: str | Path | Mapping[str, Any], entry: MMSegCheckpoint | None
+) -> str | None:
+    """Where an mmseg checkpoint came from, for a model's ``weights_source``.
+
+    Args:
+        path_or_checkpoint: what ``from_mmseg`` was given.
+        entry: the release it was recognised as, or None.
+
+    Returns:
+        The release's URL when it was recognised, else the path given; None for loaded
+        contents of no known release.
+    """
+    if entry is not None:
+        return entry.url
+    return str(path_or_checkpoint) if isinstance(path_or_checkpoint, (str, Path)) else None
+
+
 def main_logits(output: Tensor | Sequence[Tensor]) -> Tensor:
     """The prediction's logits in a model's output: the tensor, or a tuple's first element."""
     return output if isinstance(output, Tensor) else output[0]
@@ -321,7 +339,9 @@ class SegmentationModel(
         its ``meta`` (the config text mmseg writes into every checkpoint, read as data,
         and its dataset meta), then the release its name, URL or file name is, then
         the keyword arguments; so a release loaded from its name, from a renamed file
-        or from a dict gets the same setup (:meth:`mmseg_model_options`).
+        or from a dict gets the same setup (:meth:`mmseg_model_options`). The model's
+        ``weights_source`` records the release's URL (or the file given), which
+        :meth:`save_pretrained` writes into ``config.json`` and the model card.
 
         Args:
             path_or_checkpoint: an mmseg ``.pth`` file, its loaded contents (``{"meta":
@@ -343,7 +363,9 @@ class SegmentationModel(
             raise NotImplementedError(f"{cls.__name__} has no table for mmseg checkpoints")
         entry, checkpoint = fetch_mmseg_checkpoint(path_or_checkpoint, cls)
         state_dict, meta = read_mmseg_checkpoint(checkpoint, f"{cls.__name__}.from_mmseg")
-        return cls.load_mmseg(state_dict, meta, entry, **kwargs)
+        model = cls.load_mmseg(state_dict, meta, entry, **kwargs)
+        model.weights_source = mmseg_weights_source(path_or_checkpoint, entry)
+        return model
 
     @classmethod
     def load_mmseg(

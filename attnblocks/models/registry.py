@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..compat import read_mmseg_checkpoint
 from ..compat.mmseg_config import mmseg_config_of, mmseg_decode_head_types
-from .base import MMSEG_MODELS, SegmentationModel, fetch_mmseg_checkpoint
+from .base import MMSEG_MODELS, SegmentationModel, fetch_mmseg_checkpoint, mmseg_weights_source
 
 
 def mmseg_model_class(
@@ -92,4 +92,6 @@ def from_mmseg(
                 f"attnblocks does not load yet; it loads {sorted(MMSEG_MODELS)}"
             )
         cls = mmseg_model_class(state_dict, meta)
-    return cls.load_mmseg(state_dict, meta, entry, **kwargs)
+    model = cls.load_mmseg(state_dict, meta, entry, **kwargs)
+    model.weights_source = mmseg_weights_source(path_or_checkpoint, entry)
+    return model

@@ -1,8 +1,10 @@
 """attnblocks.models.from_mmseg: the model class read from the release name, meta or keys."""
 
 import pytest
+import torch
 
 from attnblocks.models import MMSEG_MODELS, CCNet, DANet, base, from_mmseg, mmseg_model_class
+from attnblocks.pretrained import MMSEG_CHECKPOINTS
 from tests.compat.mmseg_reference import CCNET, DANET, fixture_checkpoint, fixture_state_dict
 
 
@@ -46,3 +48,15 @@ def test_a_release_name_picks_its_class_before_download(monkeypatch):
     model = from_mmseg("ccnet_r50-d8_4xb2-40k_cityscapes-769x769")
     assert type(model) is CCNet and fetched == ["ccnet_r50-d8_4xb2-40k_cityscapes-769x769"]
     assert model.align_corners and model.pretrained_config.image_scale == (2049, 1025)
+
+
+def test_the_weights_source_is_the_release_url_or_the_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(base, "load_mmseg_checkpoint", lambda name: fixture_checkpoint(CCNET))
+    release = "ccnet_r50-d8_4xb2-40k_cityscapes-769x769"
+    url = MMSEG_CHECKPOINTS[release].url
+    assert from_mmseg(release).weights_source == url
+    assert CCNet.from_mmseg(release).weights_source == url
+    path = tmp_path / "renamed.pth"
+    torch.save(fixture_checkpoint(CCNET), path)
+    assert from_mmseg(path).weights_source == str(path)
+    assert from_mmseg(fixture_checkpoint(CCNET)).weights_source is None
