@@ -1,12 +1,13 @@
 """The documentation's Python blocks run, each on its own; the generated pages are complete.
 
 Every ```` ```python ```` block of ``docs/**/*.md``, of ``README.md`` and of the generated
-model-zoo page runs alone, in a fresh namespace, in an empty folder, as a reader would
-paste it. A block preceded by ``<!-- docs-test: skip (why) -->`` (README.md: ``<!-- not
-run by tests/test_readme.py: why -->``) is not run and must say why. Blocks that need
-released weights run on checkpoints made from the mmseg fixtures: downloads
-(``torch.hub.load_state_dict_from_url``) answer with such a checkpoint for the release the
-URL names, and the images and release files a block names are made in its folder.
+model-zoo page runs alone, in a fresh namespace (no name from another block), in an empty
+folder, as a reader would paste it. A block preceded by ``<!-- docs-test: skip (why) -->``
+is not run and must say why. Blocks that need released weights run on checkpoints made
+from the mmseg fixtures: downloads (``torch.hub.load_state_dict_from_url``) answer with
+such a checkpoint for the release the URL names, and the images and release files a block
+names are made in its folder. README.md is the short front page: at most 250 lines, and
+every number it shows is one the site shows too.
 """
 
 from __future__ import annotations
@@ -27,11 +28,8 @@ from tests.compat.mmseg_reference import fixture_checkpoint, fixture_config, mms
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-BLOCK = re.compile(
-    r"(?:<!-- (?:docs-test: skip|not run by tests/test_readme\.py:)\s*\(?([^>]*?)\)?\s*-->\n)?"
-    r"```python\n(.*?)```",
-    re.S,
-)
+README = ROOT / "README.md"
+BLOCK = re.compile(r"(?:<!-- docs-test: skip\s*\(?([^>]*?)\)?\s*-->\n)?```python\n(.*?)```", re.S)
 README_MAX_LINES = 250
 
 
@@ -58,21 +56,14 @@ def doc_files() -> list[Path]:
 
 def collect() -> list:
     cases = []
-    readme = ROOT / "README.md"
     sources = [(path.relative_to(ROOT).as_posix(), path.read_text()) for path in doc_files()]
-    sources.append(("README.md", readme.read_text()))
+    sources.append(("README.md", README.read_text()))
     sources.append(("docs/model-zoo.md (generated)", HOOK.model_zoo("model-zoo.md")))
-    not_cut = len(readme.read_text().splitlines()) > README_MAX_LINES
     for name, text in sources:
         for index, (reason, code) in enumerate(python_blocks(text)):
             marks = []
             if reason is not None:
                 marks.append(pytest.mark.skip(reason=f"marked in the page: {reason}"))
-            elif name == "README.md" and not_cut:
-                marks.append(pytest.mark.skip(
-                    reason="README.md is not yet the cut one (docs/README_cut.md, which this test "
-                    "runs); its blocks share one namespace and tests/test_readme.py runs them"
-                ))  # fmt: skip
             cases.append(pytest.param(name, code, id=f"{name}:{index}", marks=marks))
     return cases
 
@@ -144,20 +135,32 @@ def prepare_folder(folder: Path, code: str) -> None:
             torch.save(release_checkpoint(entry.config), folder / name)
 
 
+def run_block(page: str, code: str) -> None:
+    """Run one block as a reader would: in a namespace of its own."""
+    torch.manual_seed(0)
+    exec(compile(code, f"{page} python block", "exec"), {"__name__": "__docs__"})
+
+
 @pytest.mark.parametrize(("page", "code"), collect())
 def test_python_block_runs_alone(page, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
     prepare_folder(tmp_path, code)
-    torch.manual_seed(0)
-    exec(compile(code, f"{page} python block", "exec"), {"__name__": "__docs__"})
+    run_block(page, code)
+
+
+def test_a_block_using_an_earlier_blocks_name_fails():
+    """Each block's namespace is its own: the check above can fail."""
+    run_block("first", "import torch\nx = torch.ones(1)")
+    with pytest.raises(NameError, match="'x' is not defined"):
+        run_block("second", "print(x)")
 
 
 # ---------------------------------------------------------------- the pages themselves
 
 
 def test_every_skipped_block_says_why():
-    texts = [p.read_text() for p in doc_files()]
+    texts = [p.read_text() for p in (*doc_files(), README)]
     for text in texts:
         for reason, _ in python_blocks(text):
             assert reason is None or len(reason) > 10, reason
@@ -222,15 +225,22 @@ def test_every_nav_page_exists_or_is_generated():
         assert (DOCS / page).is_file() or page in generated, page
 
 
-def test_the_cut_readme_is_short_and_its_numbers_are_on_the_site():
-    cut = (DOCS / "README_cut.md").read_text()
-    assert len(cut.splitlines()) <= README_MAX_LINES
-    prose = re.sub(r"```.*?```", "", cut, flags=re.S)
+def test_the_readme_is_short_and_its_numbers_are_on_the_site():
+    readme = README.read_text()
+    assert len(readme.splitlines()) <= README_MAX_LINES
+    prose = re.sub(r"```.*?```", "", readme, flags=re.S)
     prose = re.sub(r"`[^`]*`|\]\([^)]*\)|https?://\S+", "", prose)  # code, link targets
     numbers = set(re.findall(r"(?<![\w.-])\d+(?:\.\d+)?(?![\w-])", prose))
-    site = " ".join(p.read_text() for p in doc_files() if p.name != "README_cut.md")
-    site += HOOK.model_zoo("model-zoo.md")
+    site = " ".join(p.read_text() for p in doc_files()) + HOOK.model_zoo("model-zoo.md")
     missing = [
         n for n in sorted(numbers) if not re.search(rf"(?<![\d.]){re.escape(n)}(?![\d])", site)
     ]
-    assert not missing, f"numbers of docs/README_cut.md that no docs page shows: {missing}"
+    assert not missing, f"numbers of README.md that no docs page shows: {missing}"
+
+
+def test_the_readme_has_what_ci_runs():
+    """.ci/run runs the first Python block of "## Quick start", the install and the tests."""
+    readme = README.read_text()
+    section = readme.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    assert "```python\n" in section, "the Quick start section has a Python block"
+    assert 'pip install -e ".[test]"' in readme and re.search(r"^pytest\b", readme, re.M)
