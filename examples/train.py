@@ -12,7 +12,8 @@ output (mmseg's auxiliary FCN head is not part of attnblocks' CCNet); so does ev
 model of ``attnblocks.models.MMSEG_MODELS`` (cross-entropy on its prediction), with
 ``--model-arg KEY=VALUE`` for its constructor's own arguments.
 
-One process (the demo; 5 to 6 minutes on this project's 2-core Intel Xeons, see the README)::
+One process (the demo; 5 to 6 minutes on this project's 2-core Intel Xeons, see
+https://attnblocks.readthedocs.io/training/#the-demo)::
 
     python examples/train.py
 

@@ -20,7 +20,7 @@ def checkpoint():
 
 
 def test_a_769_release_from_a_dict_keeps_its_test_setup(checkpoint):
-    # The README's pattern: load_mmseg_checkpoint(...) then from_mmseg(checkpoint)
+    # docs/pretrained.md's pattern: load_mmseg_checkpoint(...) then from_mmseg(checkpoint)
     model = DANet.from_mmseg(checkpoint)
     config = model.pretrained_config
     assert model.align_corners is True
