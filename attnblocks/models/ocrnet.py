@@ -212,6 +212,8 @@ class OCRNet(SegmentationModel, paper_url="https://arxiv.org/abs/1909.11065"):
     mmseg_head_types = ("OCRHead",)
     mmseg_head_keys = ("decode_head.1.object_context_block.",)
     mmseg_classifier_key = "decode_head.1.conv_seg.weight"
+    #: the levels read on a dilated ResNet (layer3, layer4); an HRNet's instance reads all four
+    feature_levels = RESNET_LEVELS
 
     def __init__(
         self,

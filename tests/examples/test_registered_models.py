@@ -121,3 +121,13 @@ def test_no_attention_needs_a_gamma(toynet, tmp_path):
     with pytest.raises(train.RunError, match=r"--no-attention .* ToyNet has none"):
         run_train(tmp_path, "--model", "toynet", "--model-arg", "gate=False", "--no-attention")
     assert attention_gammas(ToyNet(gate=False)) == {}
+
+
+@pytest.mark.parametrize("name", sorted(MMSEG_MODELS))
+def test_every_zoo_model_builds_from_the_demo_defaults(name):
+    # OCRNet read one level here until its class declared its two (layer3, layer4)
+    args = train.parse_args(["--model", name])
+    model = train.build_model(args, num_classes=5).eval()
+    with torch.no_grad():
+        labels = model.predict(torch.randn(1, 3, 64, 64))
+    assert labels.shape == (1, 64, 64) and int(labels.max()) < 5
