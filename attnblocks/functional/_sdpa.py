@@ -37,7 +37,7 @@ dtype), and the kernel gets ``q' = [q_hi, q_hi, q_lo]``, ``k' = [k_hi, k_lo, k_h
 its float32 accumulation of ``q' . k'`` is ``q.k`` up to the tiny ``q_lo . k_lo``.
 That holds PAM's output to the naive computation's error, but the fused backward rounds
 ``dQ``/``dK`` to the low dtype and takes its softmax correction from the rounded output,
-which misses the precision contract on the query/key gradients (README). So the split
+which misses the precision contract on the query/key gradients (docs/precision.md). So the split
 serves calls without gradients (inference); with gradients the kernel runs in float32.
 """
 
@@ -471,7 +471,8 @@ def sdpa_position_attention(
     if value.dtype != query.dtype:
         # Gradients: the fused backward rounds dQ and dK to the low dtype and takes its
         # softmax correction from the rounded output, which misses the precision contract
-        # (README); queries or keys beyond float16's range do not split. Float32 kernel then.
+        # (docs/precision.md); queries or keys beyond float16's range do not split.
+        # Float32 kernel then.
         split = None if needs_grad(query, key, value) else split_query_key(query, key, value.dtype)
         if split is not None and _fits(split):
             query, key = split
