@@ -252,41 +252,96 @@ def _two_pass_reach(cca: CrissCrossAttention, x: Tensor, point: tuple[int, int])
 
 
 def diagram(name: str, boxes: dict, arrows: list, size: tuple[float, float], title: str) -> None:
-    """Boxes ``{key: (x, y, text, colour)}`` (inches) joined by ``arrows`` ``(from, to[, label])``.
+    """Boxes ``{key: (x, y, text, colour[, width[, height]])}`` (inches; 2 x 0.4 unless
+    given) joined by ``arrows`` ``(from, to[, label[, side]])``.
 
     An arrow leaves a box at its bottom and enters the next at its top, or goes side to
-    side between boxes on one row.
+    side between boxes on one row. With ``side`` (inches; negative: left, positive:
+    right) it leaves the first box's side, runs that far beyond the outer edge of every
+    box on the rows from the first to the second, and turns back into the second box's
+    side: a skip connection past the boxes between them. Raises ``ValueError`` where
+    boxes overlap or a text does not fit in its box.
     """
-    half_width, half_height = 1.0, 0.2
     fig, ax = plt.subplots(figsize=size)
     ax.set_xlim(0, size[0])
     ax.set_ylim(0, size[1])
     ax.axis("off")
-    for x, y, text, colour in boxes.values():
+    shapes = {}  # key: (x, y, half width, half height)
+    texts = {}
+    for key, (x, y, text, colour, *extent) in boxes.items():
+        half_width = (extent[0] if extent else 2.0) / 2
+        half_height = (extent[1] if len(extent) > 1 else 0.4) / 2
+        shapes[key] = (x, y, half_width, half_height)
         ax.add_patch(FancyBboxPatch((x - half_width, y - half_height), 2 * half_width,
                                     2 * half_height, boxstyle="round,pad=0.03", fc=colour,
                                     ec="#333333", lw=0.8))  # fmt: skip
-        ax.text(x, y, text, ha="center", va="center", fontsize=7)
+        texts[key] = ax.text(x, y, text, ha="center", va="center", fontsize=7)
     for arrow in arrows:
-        (x0, y0, *_), (x1, y1, *_) = boxes[arrow[0]], boxes[arrow[1]]
+        (x0, y0, w0, h0), (x1, y1, w1, h1) = shapes[arrow[0]], shapes[arrow[1]]
+        side = arrow[3] if len(arrow) > 3 else None
+        if side is not None:  # around the boxes between: out of a side, down, back in
+            low, high = sorted((y0, y1))
+            passed = [shape for shape in shapes.values() if low <= shape[1] <= high]
+            if side < 0:
+                edge = min(x - w for x, _, w, _ in passed) + side
+                start, end = (x0 - w0, y0), (x1 - w1, y1)
+            else:
+                edge = max(x + w for x, _, w, _ in passed) + side
+                start, end = (x0 + w0, y0), (x1 + w1, y1)
+            ax.plot([start[0], edge, edge], [y0, y0, y1], color="#333333", lw=0.8)
+            ax.add_patch(FancyArrowPatch((edge, y1), end, arrowstyle="-|>", mutation_scale=8,
+                                         lw=0.8, color="#333333", shrinkA=0))  # fmt: skip
+            if len(arrow) > 2 and arrow[2]:
+                ax.text(edge + (-0.05 if side < 0 else 0.05), (y0 + y1) / 2, arrow[2],
+                        fontsize=6, color="#555555", va="center", rotation=90,
+                        ha="right" if side < 0 else "left")  # fmt: skip
+            continue
         if abs(y1 - y0) < 0.1:  # same row: side to side
-            step = half_width if x1 > x0 else -half_width
-            start, end = (x0 + step, y0), (x1 - step, y1)
+            start = (x0 + (w0 if x1 > x0 else -w0), y0)
+            end = (x1 - (w1 if x1 > x0 else -w1), y1)
         else:
-            start, end = (x0, y0 - half_height), (x1, y1 + half_height)
+            start, end = (x0, y0 - h0), (x1, y1 + h1)
         ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=8, lw=0.8,
                                      color="#333333"))  # fmt: skip
-        if len(arrow) > 2:  # a label beside a vertical arrow, above a horizontal one
-            horizontal = abs(y1 - y0) < 0.1
-            x = (start[0] + end[0]) / 2 + (0 if horizontal else 0.05)
-            y = (start[1] + end[1]) / 2 + (0.3 if horizontal else 0)
-            ax.text(x, y, arrow[2], fontsize=6, color="#555555", va="center",
-                    ha="center" if horizontal else "left")  # fmt: skip
+        if len(arrow) > 2 and arrow[2]:  # beside a vertical arrow, above the others
+            x, y = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
+            if abs(y1 - y0) < 0.1:  # horizontal: above the boxes' tops
+                ax.text(x, y + max(0.3, h0 + 0.1, h1 + 0.1), arrow[2], fontsize=6,
+                        color="#555555", va="center", ha="center")  # fmt: skip
+            elif abs(x1 - x0) < 0.1:  # vertical: to its right
+                ax.text(x + 0.05, y, arrow[2], fontsize=6, color="#555555", va="center",
+                        ha="left")  # fmt: skip
+            else:  # slanted: on the side the line leaves free above its middle
+                right = x1 > x0
+                ax.text(x + (0.05 if right else -0.05), y + 0.03, arrow[2], fontsize=6,
+                        color="#555555", va="bottom", ha="left" if right else "right")  # fmt: skip
     ax.set_title(title, fontsize=8)
+    _check_layout(fig, ax, shapes, texts, name)
     path = IMAGES / name
-    fig.savefig(path, bbox_inches="tight", metadata={"Date": None})  # same file on every run
+    # the same file on every run: no date, and clip-path ids from a fixed salt, not a random one
+    with plt.rc_context({"svg.hashsalt": name}):
+        fig.savefig(path, bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     print(f"{path.relative_to(ROOT)}: {path.stat().st_size // 1024} KiB")
+
+
+def _check_layout(fig: plt.Figure, ax: plt.Axes, shapes: dict, texts: dict, name: str) -> None:
+    """Refuse a diagram whose boxes overlap or whose texts overflow their boxes."""
+    keys = list(shapes)
+    for i, a in enumerate(keys):
+        xa, ya, wa, ha = shapes[a]
+        for b in keys[i + 1 :]:
+            xb, yb, wb, hb = shapes[b]
+            if abs(xa - xb) < wa + wb + 0.1 and abs(ya - yb) < ha + hb + 0.1:
+                raise ValueError(f"{name}: boxes {a!r} and {b!r} overlap")
+    renderer = fig.canvas.get_renderer()
+    to_inches = ax.transData.inverted()
+    for key, text in texts.items():
+        (left, bottom), (right, top) = to_inches.transform(text.get_window_extent(renderer))
+        _, _, half_width, half_height = shapes[key]
+        if right - left > 2 * half_width or top - bottom > 2 * half_height + 0.06:
+            size = f"{right - left:.2f} x {top - bottom:.2f} in"
+            raise ValueError(f"{name}: the text of box {key!r} ({size}) does not fit its box")
 
 
 def head_figures() -> None:
@@ -327,10 +382,10 @@ def head_figures() -> None:
         {
             "in": (2.2, 5.2, "backbone features C (stride 8)", grey),
             "ain": (2.2, 4.4, "3x3 conv-BN-ReLU -> C/4", blue),
-            "cca": (2.2, 3.6, "criss-cross attention x recurrence", orange),
+            "cca": (2.2, 3.6, "criss-cross attention x recurrence", orange, 2.4),
             "aout": (2.2, 2.8, "3x3 conv-BN-ReLU", blue),
             "cat": (2.2, 2.0, "concat with backbone features", green),
-            "fuse": (2.2, 1.2, "3x3 conv-BN-ReLU, dropout, 1x1", grey),
+            "fuse": (2.2, 1.2, "3x3 conv-BN-ReLU, dropout, 1x1", grey, 2.4),
         },
         [
             ("in", "ain"),
@@ -353,6 +408,398 @@ def head_figures() -> None:
         [("img", "bb"), ("bb", "head", "feature_levels"), ("head", "up")],
         (10.3, 1.6),
         "SegmentationModel: every model of attnblocks.models",
+    )
+    nonlocal_family_heads()
+    self_attention_heads()
+    ocrnet_head()
+
+
+# Box colours of the head diagrams: convolutions, attention, joins, inputs and outputs.
+BLUE, ORANGE, GREEN, GREY = "#dbe7ff", "#ffe3c2", "#d9f2d9", "#eeeeee"
+FEATURES = "backbone features (B, C, H/8, W/8)"
+CLASSIFIER = "classifier: dropout 0.1, 1x1 -> classes"
+
+
+def nonlocal_family_heads() -> None:
+    """NLNet, GCNet and DNLNet's shared head, and PSANet's."""
+    diagram(
+        "heads-fcn-attention.svg",
+        {
+            "in": (2.0, 5.55, FEATURES, GREY, 2.6),
+            "ain": (2.0, 4.75, "attention_in: 3x3 conv-BN-ReLU, C -> C/4", BLUE, 2.8),
+            "block": (
+                2.0,
+                3.8,
+                "the block on C/4 channels, one of:\nNonLocal2d (NLNet), "
+                "ContextBlock (GCNet),\nDisentangledNonLocal2d (DNLNet)",
+                ORANGE,
+                3.0,
+                0.6,
+            ),
+            "aout": (2.0, 2.85, "attention_out: 3x3 conv-BN-ReLU, C/4", BLUE, 2.6),
+            "cat": (2.0, 2.05, "concat [input, block path]: C + C/4", GREEN, 2.6),
+            "fuse": (2.0, 1.25, "fuse: 3x3 conv-BN-ReLU -> C/4", BLUE, 2.6),
+            "cls": (2.0, 0.45, CLASSIFIER, GREY, 2.6),
+        },
+        [
+            ("in", "ain"),
+            ("ain", "block"),
+            ("block", "aout", "same shape as its input"),
+            ("aout", "cat"),
+            ("in", "cat", "the input", -0.3),
+            ("cat", "fuse"),
+            ("fuse", "cls"),
+        ],
+        (3.8, 5.95),
+        "NLNet, GCNet and DNLNet head (FCNAttentionHead)",
+    )
+    collect, middle, distribute = 2.1, 3.7, 5.3
+    diagram(
+        "heads-psanet.svg",
+        {
+            "in": (middle, 8.35, FEATURES, GREY, 2.6),
+            "reduce": (
+                collect,
+                7.45,
+                "reduce: 1x1 conv-BN-ReLU -> C/4,\nshrink to 1/2 (bilinear)",
+                BLUE,
+                2.8,
+                0.5,
+            ),
+            "reduce_p": (
+                distribute,
+                7.45,
+                "reduce_p: 1x1 conv-BN-ReLU -> C/4,\nshrink to 1/2 (bilinear)",
+                BLUE,
+                2.8,
+                0.5,
+            ),
+            "mask": (
+                collect,
+                6.55,
+                "mask: 1x1 conv-BN-ReLU, 1x1 conv\n-> h_m x w_m logits per pixel",
+                BLUE,
+                2.8,
+                0.5,
+            ),
+            "mask_p": (
+                distribute,
+                6.55,
+                "mask_p: 1x1 conv-BN-ReLU, 1x1 conv\n-> h_m x w_m logits per pixel",
+                BLUE,
+                2.8,
+                0.5,
+            ),
+            "psa": (
+                collect,
+                5.65,
+                "psa_mask (collect): place each mask\non the map, softmax over positions",
+                ORANGE,
+                2.8,
+                0.5,
+            ),
+            "psa_p": (
+                distribute,
+                5.65,
+                "psa_mask (distribute): place each mask\non the map, softmax over positions",
+                ORANGE,
+                2.8,
+                0.5,
+            ),
+            "agg": (
+                collect,
+                4.75,
+                "collect: out_i = sum_j a_ij x_j\n(a_i predicted by pixel i)",
+                ORANGE,
+                2.8,
+                0.5,
+            ),
+            "agg_p": (
+                distribute,
+                4.75,
+                "distribute: out_i = sum_j b_ji x_j\n(b_j predicted by pixel j)",
+                ORANGE,
+                2.8,
+                0.5,
+            ),
+            "cat": (middle, 3.85, "concat the two branches: 2 x C/4", GREEN, 2.6),
+            "proj": (
+                middle,
+                2.95,
+                "proj: 1x1 conv-BN-ReLU (padding 1) -> C,\nresize to H/8 x W/8",
+                BLUE,
+                2.8,
+                0.5,
+            ),
+            "cat2": (middle, 2.05, "concat [input, PSA features]: 2C", GREEN, 2.6),
+            "bottleneck": (middle, 1.25, "bottleneck: 3x3 conv-BN-ReLU -> C/4", BLUE, 2.6),
+            "cls": (middle, 0.45, CLASSIFIER, GREY, 2.6),
+        },
+        [
+            ("in", "reduce"),
+            ("in", "reduce_p"),
+            ("reduce", "mask"),
+            ("reduce_p", "mask_p"),
+            ("mask", "psa"),
+            ("mask_p", "psa_p"),
+            ("psa", "agg", "weights"),
+            ("psa_p", "agg_p", "weights"),
+            ("reduce", "agg", "features", -0.2),
+            ("reduce_p", "agg_p", "features", 0.2),
+            ("agg", "cat"),
+            ("agg_p", "cat"),
+            ("cat", "proj"),
+            ("proj", "cat2"),
+            ("in", "cat2", "the input", -0.5),
+            ("cat2", "bottleneck"),
+            ("bottleneck", "cls"),
+        ],
+        (7.15, 8.75),
+        "PSANet head (PSANetHead), psa_type='bi-direction'",
+    )
+
+
+def self_attention_heads() -> None:
+    """ANNNet's, ISANet's and EMANet's heads."""
+    diagram(
+        "heads-annnet.svg",
+        {
+            "low": (1.35, 4.65, "layer3: (B, 1024, H/8, W/8)", GREY, 2.4),
+            "high": (4.55, 4.65, "layer4: (B, 2048, H/8, W/8)", GREY, 2.4),
+            "afnb": (
+                2.95,
+                3.45,
+                "AFNB: layer4 queries attend over layer3 keys and values,\n"
+                "these pooled to 1 + 9 + 36 + 64 = 110 tokens (256 wide);\n"
+                "[context, layer4] -> 1x1 conv-BN -> 2048",
+                ORANGE,
+                4.4,
+                0.65,
+            ),
+            "bottleneck": (
+                2.95,
+                2.35,
+                "dropout 0.1, bottleneck: 3x3 conv-BN-ReLU -> 512",
+                BLUE,
+                3.4,
+            ),
+            "apnb": (
+                2.95,
+                1.4,
+                "APNB: self-attention over 110 pooled tokens (256 wide);\n"
+                "[context, input] -> 1x1 conv-BN-ReLU -> 512",
+                ORANGE,
+                4.0,
+                0.5,
+            ),
+            "cls": (2.95, 0.45, CLASSIFIER, GREY, 2.6),
+        },
+        [
+            ("low", "afnb", "keys, values"),
+            ("high", "afnb", "queries"),
+            ("afnb", "bottleneck"),
+            ("bottleneck", "apnb"),
+            ("apnb", "cls"),
+        ],
+        (5.9, 5.05),
+        "ANNNet head (ANNNetHead): two backbone levels",
+    )
+    diagram(
+        "heads-isanet.svg",
+        {
+            "in": (2.45, 5.95, FEATURES, GREY, 2.6),
+            "ain": (2.45, 5.15, "attention_in: 3x3 conv-BN-ReLU -> 512", BLUE, 2.6),
+            "global": (
+                2.45,
+                4.1,
+                "global_relation: the pixels 8 rows and columns apart\n"
+                "(one per 8 x 8 group) attend to each other\n"
+                "(queries, keys 256 wide; 1x1 conv-BN-ReLU out)",
+                ORANGE,
+                3.6,
+                0.6,
+            ),
+            "local": (
+                2.45,
+                3.0,
+                "local_relation: the pixels of each 8 x 8 group\n"
+                "attend to each other (the same layout)",
+                ORANGE,
+                3.6,
+                0.5,
+            ),
+            "cat": (2.45, 2.05, "concat [ISA output, attention_in output]: 1024", GREEN, 3.2),
+            "fuse": (2.45, 1.25, "fuse: 1x1 conv-BN-ReLU -> 512", BLUE, 2.6),
+            "cls": (2.45, 0.45, CLASSIFIER, GREY, 2.6),
+        },
+        [
+            ("in", "ain"),
+            ("ain", "global", "zero-pad to multiples of 8"),
+            ("global", "local"),
+            ("local", "cat", "crop back to H/8 x W/8"),
+            ("ain", "cat", "attention_in output", -0.3),
+            ("cat", "fuse"),
+            ("fuse", "cls"),
+        ],
+        (4.45, 6.35),
+        "ISANet head (ISANetHead): interlaced sparse self-attention",
+    )
+    diagram(
+        "heads-emanet.svg",
+        {
+            "in": (2.65, 8.25, FEATURES, GREY, 2.6),
+            "ain": (2.65, 7.45, "attention_in: 3x3 conv-BN-ReLU -> 512", BLUE, 2.6),
+            "in_conv": (2.65, 6.65, "in_conv: 1x1 conv (frozen)", BLUE, 2.6),
+            "em": (
+                2.65,
+                5.6,
+                "3 EM stages over K = 64 bases (no gradient)\n"
+                "E: z = softmax over k of x . mu_k\nM: mu_k = z-weighted mean of x, "
+                "L2-normalised",
+                ORANGE,
+                3.6,
+                0.6,
+            ),
+            "bases": (
+                6.15,
+                5.6,
+                "bases buffer (1, 512, 64),\nmoved with momentum 0.1\nin training",
+                GREY,
+                2.2,
+                0.6,
+            ),
+            "recon": (
+                2.65,
+                4.55,
+                "rebuild every pixel as sum_k z_k mu_k,\nReLU, out_conv: 1x1 conv-BN",
+                BLUE,
+                3.0,
+                0.5,
+            ),
+            "add": (2.65, 3.65, "add the unit's input, ReLU", GREEN, 2.6),
+            "aout": (2.65, 2.85, "attention_out: 3x3 conv-BN-ReLU -> 256", BLUE, 2.6),
+            "cat": (2.65, 2.05, "concat [input, that]: C + 256", GREEN, 2.6),
+            "fuse": (2.65, 1.25, "fuse: 3x3 conv-BN-ReLU -> 256", BLUE, 2.6),
+            "cls": (2.65, 0.45, CLASSIFIER, GREY, 2.6),
+        },
+        [
+            ("in", "ain"),
+            ("ain", "in_conv"),
+            ("in_conv", "em"),
+            ("bases", "em", "initial mu"),
+            ("em", "recon"),
+            ("recon", "add"),
+            ("ain", "add", "residual", -0.25),
+            ("add", "aout"),
+            ("aout", "cat"),
+            ("in", "cat", "the input", -0.55),
+            ("cat", "fuse"),
+            ("fuse", "cls"),
+        ],
+        (7.4, 8.65),
+        "EMANet head (EMANetHead); the EMA unit runs from in_conv to the ReLU",
+    )
+
+
+def ocrnet_head() -> None:
+    """OCRNet's cascade: the coarse FCN head, then the OCR head."""
+    coarse, middle, ocr = 1.5, 4.6, 7.7
+    diagram(
+        "heads-ocrnet.svg",
+        {
+            "hrnet": (
+                middle,
+                6.5,
+                "HRNet: the 4 branches resized to the stride-4 one\n"
+                "and concatenated (W18: 270 ch., W48: 720 ch.)",
+                GREY,
+                3.6,
+                0.5,
+            ),
+            "x_coarse": (
+                coarse,
+                5.5,
+                "coarse input: ResNet layer3\n(1024 ch.) or the HRNet concat",
+                GREY,
+                2.6,
+                0.5,
+            ),
+            "x": (
+                ocr,
+                5.5,
+                "OCR input: ResNet layer4\n(2048 ch.) or the HRNet concat",
+                GREY,
+                2.6,
+                0.5,
+            ),
+            "coarse_conv": (
+                coarse,
+                4.5,
+                "coarse_conv: 3x3 conv-BN-ReLU\n-> 256 (HRNet: 1x1, width kept)",
+                BLUE,
+                2.6,
+                0.5,
+            ),
+            "bottleneck": (
+                ocr,
+                4.5,
+                "bottleneck: 3x3 conv-BN-ReLU\n-> 512: the pixels",
+                BLUE,
+                2.6,
+                0.5,
+            ),
+            "coarse_cls": (
+                coarse,
+                3.5,
+                "coarse_classifier: dropout,\n1x1 -> K classes",
+                GREY,
+                2.6,
+                0.5,
+            ),
+            "gather": (
+                middle,
+                3.5,
+                "SpatialGather: softmax over\npositions -> K regions",
+                GREEN,
+                2.6,
+                0.5,
+            ),
+            "coarse_out": (coarse, 2.5, "coarse logits (training loss)", GREY, 2.6),
+            "attention": (
+                ocr,
+                2.5,
+                "ObjectContextBlock: each pixel\nattends over the K regions",
+                ORANGE,
+                2.6,
+                0.5,
+            ),
+            "fuse": (
+                ocr,
+                1.5,
+                "[context, pixels] ->\n1x1 conv-BN-ReLU -> 512",
+                BLUE,
+                2.6,
+                0.5,
+            ),
+            "cls": (ocr, 0.5, "classifier: dropout,\n1x1 -> K classes (out)", GREY, 2.6, 0.5),
+        },
+        [
+            ("hrnet", "x_coarse", "HRNet"),
+            ("hrnet", "x", "HRNet"),
+            ("x_coarse", "coarse_conv"),
+            ("x", "bottleneck"),
+            ("coarse_conv", "coarse_cls"),
+            ("coarse_cls", "gather", "coarse logits"),
+            ("bottleneck", "gather", "pixels"),
+            ("coarse_cls", "coarse_out"),
+            ("bottleneck", "attention", "queries"),
+            ("gather", "attention", "keys, values"),
+            ("attention", "fuse", "context"),
+            ("bottleneck", "fuse", "pixels", 0.25),
+            ("fuse", "cls"),
+        ],
+        (9.45, 6.9),
+        "OCRNet head (OCRNetHead: an FCN head, then the OCR head); OCRNetOutput(out, coarse)",
     )
 
 
