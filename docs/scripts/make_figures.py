@@ -42,7 +42,14 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the checkout's attnblocks and examples
 
-from attnblocks import CAM, PAM, ContextBlock, CrissCrossAttention, NonLocal2d  # noqa: E402
+from attnblocks import (  # noqa: E402
+    CAM,
+    PAM,
+    ContextBlock,
+    CrissCrossAttention,
+    DisentangledNonLocal2d,
+    NonLocal2d,
+)
 
 IMAGES = ROOT / "docs" / "images"
 RUN = ROOT / "runs" / "docs-figures" / "danet"
@@ -231,6 +238,34 @@ def block_figures() -> None:
         y=1.06,
     )
     save(fig, "blocks-cam.png")
+
+    dnl_figure(rgb, x, points, labels)
+
+
+def dnl_figure(rgb: np.ndarray, x: Tensor, points, labels) -> None:
+    """DNL's two terms: the whitened pairwise map of each point, and the one unary map.
+
+    ``theta``/``phi`` get the colour-similarity weights; whitening removes their means
+    over the positions, which leaves ``2t (lab_i - mean) . (lab_j - mean)`` (the key's
+    ``-t |lab_j|^2``, a per-key term, goes with the mean), times the block's ``s / T``.
+    ``conv_mask`` is set to the Lab a* channel, as the global-context picture's mask.
+    """
+    block = DisentangledNonLocal2d(32, reduction=8)  # T = 0.05, s = 1 / sqrt(4): x10
+    colour_similarity(block.theta, block.phi, temperature=0.5)
+    with torch.no_grad():
+        block.conv_mask.weight.zero_()
+        block.conv_mask.bias.zero_()
+        block.conv_mask.weight[0, 1] = 4.0
+    pairwise = block.attention_map(x, points, term="pairwise")[0]
+    unary = block.attention_map(x, points[:1], term="unary")[0]
+    draw_block_maps(
+        "blocks-dnl.png",
+        "Disentangled non-local: the whitened pairwise term of each point, and the unary "
+        "term every point shares (log scale)",
+        rgb, torch.cat([pairwise, unary]), points,
+        [f"{label}, pairwise" for label in labels] + ["unary (all points)"],
+        log=True,
+    )  # fmt: skip
 
 
 def _two_pass_reach(cca: CrissCrossAttention, x: Tensor, point: tuple[int, int]) -> Tensor:
