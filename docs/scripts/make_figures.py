@@ -48,6 +48,8 @@ from attnblocks import (  # noqa: E402
     ContextBlock,
     CrissCrossAttention,
     DisentangledNonLocal2d,
+    ExpectationMaximizationAttention,
+    InterlacedSparseSelfAttention,
     NonLocal2d,
 )
 
@@ -240,6 +242,8 @@ def block_figures() -> None:
     save(fig, "blocks-cam.png")
 
     dnl_figure(rgb, x, points, labels)
+    isa_figure(rgb, x, points, labels)
+    ema_figure(rgb, x, points, labels)
 
 
 def dnl_figure(rgb: np.ndarray, x: Tensor, points, labels) -> None:
@@ -266,6 +270,101 @@ def dnl_figure(rgb: np.ndarray, x: Tensor, points, labels) -> None:
         [f"{label}, pairwise" for label in labels] + ["unary (all points)"],
         log=True,
     )  # fmt: skip
+
+
+def isa_figure(rgb: np.ndarray, x: Tensor, points, labels) -> None:
+    """ISA's two sparse maps of each point, and where the point's output comes from.
+
+    The relations get no norm and no activation (``nn.Identity``), colour-comparing
+    queries and keys, and identity value and output projections, so each relation
+    averages the colour features with its softmax weights and the long-range relation's
+    output, colours averaged over the interlaced group, is what the short-range relation
+    compares. Through identity projections the whole block is linear in the values:
+    pixel ``p`` receives ``sum_q short_p(q) long_q(j)`` of pixel ``j``'s features, ``q``
+    over ``p``'s local group.
+    """
+    features = x.clone()
+    features[0, 4] = 1.0  # a constant channel: the projections here have no bias
+    block = InterlacedSparseSelfAttention(
+        32, key_channels=4, down_factor=(8, 8), norm_layer=nn.Identity, act_layer=nn.Identity
+    )
+    temperature = 4.0  # energies scaled by 1 / sqrt(4): PAM's picture's 2
+    with torch.no_grad():
+        for relation in (block.global_relation, block.local_relation):
+            (query_in, query_out), (key_in, key_out) = relation.query_project, relation.key_project
+            for conv in (query_in.conv, key_in.conv):
+                conv.weight.zero_()
+            for conv in (query_out.conv, key_out.conv):
+                conv.weight.copy_(torch.eye(4)[..., None, None])
+            for c in range(3):
+                query_in.conv.weight[c, c] = 2 * temperature
+                key_in.conv.weight[c, c] = 1.0
+            query_in.conv.weight[3, 4] = 1.0  # the constant
+            key_in.conv.weight[3, 3] = -temperature  # |lab|^2
+            relation.value_project.weight.copy_(torch.eye(32)[..., None, None])
+            relation.value_project.bias.zero_()
+            relation.output_project.conv.weight.copy_(torch.eye(32)[..., None, None])
+    maps = block.attention_map(features, points)  # 64 x 64: no padding
+    reach = []
+    for row, col in points:
+        top, left = row - row % 8, col - col % 8
+        group = [(top + r, left + c) for r in range(8) for c in range(8)]
+        short = maps.short_range[0, points.index((row, col))][top : top + 8, left : left + 8]
+        long_maps = block.attention_map(features, group).long_range[0]  # (64, H, W)
+        reach.append(torch.einsum("q,qhw->hw", short.flatten(), long_maps))
+    columns = [("long range", maps.long_range[0]), ("short range", maps.short_range[0]),
+               ("both steps", torch.stack(reach))]  # fmt: skip
+    fig, axes = plt.subplots(len(points), 4, figsize=(9.6, 2.5 * len(points)))
+    for index, point in enumerate(points):
+        axes[index, 0].imshow(rgb)
+        mark(axes[index, 0], [point], first=index)
+        axes[index, 0].set_title(labels[index])
+        for ax, (title, stack) in zip(axes[index, 1:], columns):
+            shown = stack[index].clamp_min(1e-5).log10()  # zero (outside the group): black
+            ax.imshow(rgb, alpha=0.35)
+            ax.imshow(shown.numpy(), cmap="magma", alpha=0.8, interpolation="nearest")
+            mark(ax, [point], first=index)
+            ax.set_title(title)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Interlaced sparse self-attention: a long-range step, then a short-range "
+                 "step, reach every pixel (log scales)", fontsize=9)  # fmt: skip
+    save(fig, "blocks-isa.png")
+
+
+def ema_figure(rgb: np.ndarray, x: Tensor, points, labels, bases: int = 4) -> None:
+    """EMA's responsibilities: how much each pixel belongs to each base after the EM steps.
+
+    ``in_conv`` keeps the Lab colour (times 3, so that the softmax over bases is not flat)
+    and drops the other channels; the initial bases are the block's own random
+    initialisation under a fixed seed. ``attention_map`` of every pixel returns the last
+    E step's responsibilities.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        block = ExpectationMaximizationAttention(32, num_bases=bases, num_stages=3).eval()
+    with torch.no_grad():
+        block.in_conv.weight.zero_()
+        block.in_conv.bias.zero_()
+        for c in range(3):
+            block.in_conv.weight[c, c] = 3.0
+    height, width = x.shape[-2:]
+    every = [(r, c) for r in range(height) for c in range(width)]
+    responsibilities = block.attention_map(x, every)[0].T.reshape(bases, height, width)
+    fig, axes = plt.subplots(1, bases + 2, figsize=(2.0 * (bases + 2), 2.3))
+    axes[0].imshow(rgb)
+    axes[0].set_title("photograph")
+    for k, ax in enumerate(axes[1 : bases + 1]):
+        ax.imshow(responsibilities[k].numpy(), cmap="magma", vmin=0, vmax=1)
+        ax.set_title(f"base {k + 1}")
+    palette = plt.get_cmap("tab10")(np.arange(bases))[:, :3]
+    axes[-1].imshow(palette[responsibilities.argmax(0).numpy()])
+    axes[-1].set_title("each pixel's largest")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"Expectation-maximisation attention: the responsibilities of {bases} bases "
+                 "after 3 EM steps (each pixel's sum to 1)", fontsize=9)  # fmt: skip
+    save(fig, "blocks-ema.png")
 
 
 def _two_pass_reach(cca: CrissCrossAttention, x: Tensor, point: tuple[int, int]) -> Tensor:
