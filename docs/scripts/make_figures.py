@@ -51,6 +51,9 @@ from attnblocks import (  # noqa: E402
     ExpectationMaximizationAttention,
     InterlacedSparseSelfAttention,
     NonLocal2d,
+    ObjectContextBlock,
+    PointwiseSpatialAttention,
+    SpatialGather,
 )
 
 IMAGES = ROOT / "docs" / "images"
@@ -244,6 +247,8 @@ def block_figures() -> None:
     dnl_figure(rgb, x, points, labels)
     isa_figure(rgb, x, points, labels)
     ema_figure(rgb, x, points, labels)
+    psa_figure(rgb, x, points, labels)
+    ocr_figure(rgb, x, points, labels)
 
 
 def dnl_figure(rgb: np.ndarray, x: Tensor, points, labels) -> None:
@@ -365,6 +370,106 @@ def ema_figure(rgb: np.ndarray, x: Tensor, points, labels, bases: int = 4) -> No
     fig.suptitle(f"Expectation-maximisation attention: the responsibilities of {bases} bases "
                  "after 3 EM steps (each pixel's sum to 1)", fontsize=9)  # fmt: skip
     save(fig, "blocks-ema.png")
+
+
+def psa_figure(rgb: np.ndarray, x: Tensor, points, labels) -> None:
+    """PSA's collect and distribute weights of a few pixels, with hand-set mask predictors.
+
+    Every pixel predicts its own mask, a blob centred on itself whose logits fall with
+    the squared distance ``d^2`` of the mask cell from its centre, as ``-d^2 (a + b L)``:
+    the pixel's lightness ``L`` sets how far it reaches (bright pixels: narrow masks,
+    dark pixels: wide ones). Norms and activations are ``nn.Identity``, ``reduce`` keeps
+    a constant channel and ``L``; the mask covers the whole shrunk map from any pixel
+    (``2 h - 1`` cells a side, as mmseg's releases).
+    """
+    features = x.clone()
+    features[0, 4] = 1.0  # a constant channel for the mask's a
+    grid = 32  # 64 // shrink_factor
+    size = 2 * grid - 1
+    block = PointwiseSpatialAttention(
+        32, mask_size=size, inter_channels=2, shrink_factor=2, norm_layer=nn.Identity,
+        act_layer=nn.Identity,
+    )  # fmt: skip
+    offsets = torch.arange(size) - (size - 1) // 2
+    distance = (offsets[:, None] ** 2 + offsets[None, :] ** 2).flatten().float()  # cell order
+    with torch.no_grad():
+        for reduce, mask in ((block.reduce, block.mask), (block.reduce_p, block.mask_p)):
+            reduce.conv.weight.zero_()
+            reduce.conv.weight[0, 4] = 1.0  # the constant
+            reduce.conv.weight[1, 0] = 1.0  # lightness L (standardised)
+            mask[0].conv.weight.copy_(torch.eye(2)[..., None, None])
+            mask[1].weight.copy_(-distance[:, None, None, None] * torch.tensor([0.02, 0.008])[
+                None, :, None, None])  # fmt: skip
+    shrunk = [(row // 2, col // 2) for row, col in points]
+    maps = [block.attention_map(features, shrunk, direction)[0] for direction in block.directions]
+    fig, axes = plt.subplots(2, len(points) + 1, figsize=(2.0 * (len(points) + 1), 4.4))
+    small = rgb[::2, ::2]
+    for row_axes, direction, stack in zip(axes, block.directions, maps):
+        row_axes[0].imshow(small)
+        mark(row_axes[0], shrunk)
+        row_axes[0].set_title("photograph (32 x 32)")
+        for index, ax in enumerate(row_axes[1:]):
+            ax.imshow(small, alpha=0.35)
+            ax.imshow(stack[index].numpy(), cmap="magma", alpha=0.75)
+            mark(ax, [shrunk[index]], first=index)
+            ax.set_title(f"{labels[index]}, {direction}")
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Point-wise spatial attention: what each point gathers (collect, from its own "
+                 "mask) and receives (distribute, from the others' masks)", fontsize=9)  # fmt: skip
+    save(fig, "blocks-psa.png")
+
+
+def ocr_figure(rgb: np.ndarray, x: Tensor, points, labels) -> None:
+    """OCR: soft regions from a hand-made coarse prediction, then each pixel's attention
+    over the regions (``ObjectContextBlock.region_attention``).
+
+    The coarse logits of region ``k`` are ``-|lab - lab(p_k)|^2``, the colour distance to
+    one chosen pixel ``p_k``; ``SpatialGather`` averages the features under each region.
+    The object-context block has no norm and no activation (``nn.Identity``) and
+    colour-comparing queries and keys (a constant channel stands in for the bias).
+    """
+    features = x.clone()
+    features[0, 4] = 1.0
+    seeds = [*points, (4, 4)]  # the three points and the sky above the flag
+    lab = features[0, :3]
+    centres = torch.stack([lab[:, row, col] for row, col in seeds])  # (K, 3)
+    logits = -(lab[None] - centres[:, :, None, None]).pow(2).sum(1)[None]  # (1, K, H, W)
+    regions = SpatialGather()(features, logits)  # (1, 32, K, 1)
+    block = ObjectContextBlock(32, inter_channels=4, norm_layer=nn.Identity,
+                               act_layer=nn.Identity)  # fmt: skip
+    temperature = 4.0  # energies scaled by 1 / sqrt(4)
+    with torch.no_grad():
+        (query_in, query_out) = block.attention.query_project
+        (key_in, key_out) = block.attention.key_project
+        for unit in (query_in, key_in):
+            unit.conv.weight.zero_()
+        for unit in (query_out, key_out):
+            unit.conv.weight.copy_(torch.eye(4)[..., None, None])
+        for c in range(3):
+            query_in.conv.weight[c, c] = 2 * temperature
+            key_in.conv.weight[c, c] = 1.0
+        query_in.conv.weight[3, 4] = 1.0
+        key_in.conv.weight[3, 3] = -temperature
+    weights = block.region_attention(features, regions)[0]  # (K, H, W), sums to 1 over K
+    count = len(seeds)
+    fig, axes = plt.subplots(1, count + 2, figsize=(2.0 * (count + 2), 2.3))
+    axes[0].imshow(rgb)
+    mark(axes[0], seeds)
+    axes[0].set_title("region seeds")
+    for k, ax in enumerate(axes[1 : count + 1]):
+        ax.imshow(rgb, alpha=0.35)
+        ax.imshow(weights[k].numpy(), cmap="magma", alpha=0.75, vmin=0, vmax=1)
+        mark(ax, [seeds[k]], first=k)
+        ax.set_title(f"attention to region {k + 1}")
+    palette = np.array([matplotlib.colors.to_rgb(c) for c in POINT_COLOURS])
+    axes[-1].imshow(palette[weights.argmax(0).numpy()])
+    axes[-1].set_title("each pixel's largest")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle("Object-contextual representations: every pixel's softmax over 4 soft "
+                 "regions (the four maps sum to 1 at each pixel)", fontsize=9)  # fmt: skip
+    save(fig, "blocks-ocr.png")
 
 
 def _two_pass_reach(cca: CrissCrossAttention, x: Tensor, point: tuple[int, int]) -> Tensor:
