@@ -42,7 +42,19 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the checkout's attnblocks and examples
 
-from attnblocks import CAM, PAM, ContextBlock, CrissCrossAttention, NonLocal2d  # noqa: E402
+from attnblocks import (  # noqa: E402
+    CAM,
+    PAM,
+    ContextBlock,
+    CrissCrossAttention,
+    DisentangledNonLocal2d,
+    ExpectationMaximizationAttention,
+    InterlacedSparseSelfAttention,
+    NonLocal2d,
+    ObjectContextBlock,
+    PointwiseSpatialAttention,
+    SpatialGather,
+)
 
 IMAGES = ROOT / "docs" / "images"
 RUN = ROOT / "runs" / "docs-figures" / "danet"
@@ -231,6 +243,233 @@ def block_figures() -> None:
         y=1.06,
     )
     save(fig, "blocks-cam.png")
+
+    dnl_figure(rgb, x, points, labels)
+    isa_figure(rgb, x, points, labels)
+    ema_figure(rgb, x, points, labels)
+    psa_figure(rgb, x, points, labels)
+    ocr_figure(rgb, x, points, labels)
+
+
+def dnl_figure(rgb: np.ndarray, x: Tensor, points, labels) -> None:
+    """DNL's two terms: the whitened pairwise map of each point, and the one unary map.
+
+    ``theta``/``phi`` get the colour-similarity weights; whitening removes their means
+    over the positions, which leaves ``2t (lab_i - mean) . (lab_j - mean)`` (the key's
+    ``-t |lab_j|^2``, a per-key term, goes with the mean), times the block's ``s / T``.
+    ``conv_mask`` is set to the Lab a* channel, as the global-context picture's mask.
+    """
+    block = DisentangledNonLocal2d(32, reduction=8)  # T = 0.05, s = 1 / sqrt(4): x10
+    colour_similarity(block.theta, block.phi, temperature=0.5)
+    with torch.no_grad():
+        block.conv_mask.weight.zero_()
+        block.conv_mask.bias.zero_()
+        block.conv_mask.weight[0, 1] = 4.0
+    pairwise = block.attention_map(x, points, term="pairwise")[0]
+    unary = block.attention_map(x, points[:1], term="unary")[0]
+    draw_block_maps(
+        "blocks-dnl.png",
+        "Disentangled non-local: the whitened pairwise term of each point, and the unary "
+        "term every point shares (log scale)",
+        rgb, torch.cat([pairwise, unary]), points,
+        [f"{label}, pairwise" for label in labels] + ["unary (all points)"],
+        log=True,
+    )  # fmt: skip
+
+
+def isa_figure(rgb: np.ndarray, x: Tensor, points, labels) -> None:
+    """ISA's two sparse maps of each point, and where the point's output comes from.
+
+    The relations get no norm and no activation (``nn.Identity``), colour-comparing
+    queries and keys, and identity value and output projections, so each relation
+    averages the colour features with its softmax weights and the long-range relation's
+    output, colours averaged over the interlaced group, is what the short-range relation
+    compares. Through identity projections the whole block is linear in the values:
+    pixel ``p`` receives ``sum_q short_p(q) long_q(j)`` of pixel ``j``'s features, ``q``
+    over ``p``'s local group.
+    """
+    features = x.clone()
+    features[0, 4] = 1.0  # a constant channel: the projections here have no bias
+    block = InterlacedSparseSelfAttention(
+        32, key_channels=4, down_factor=(8, 8), norm_layer=nn.Identity, act_layer=nn.Identity
+    )
+    temperature = 4.0  # energies scaled by 1 / sqrt(4): PAM's picture's 2
+    with torch.no_grad():
+        for relation in (block.global_relation, block.local_relation):
+            (query_in, query_out), (key_in, key_out) = relation.query_project, relation.key_project
+            for conv in (query_in.conv, key_in.conv):
+                conv.weight.zero_()
+            for conv in (query_out.conv, key_out.conv):
+                conv.weight.copy_(torch.eye(4)[..., None, None])
+            for c in range(3):
+                query_in.conv.weight[c, c] = 2 * temperature
+                key_in.conv.weight[c, c] = 1.0
+            query_in.conv.weight[3, 4] = 1.0  # the constant
+            key_in.conv.weight[3, 3] = -temperature  # |lab|^2
+            relation.value_project.weight.copy_(torch.eye(32)[..., None, None])
+            relation.value_project.bias.zero_()
+            relation.output_project.conv.weight.copy_(torch.eye(32)[..., None, None])
+    maps = block.attention_map(features, points)  # 64 x 64: no padding
+    reach = []
+    for row, col in points:
+        top, left = row - row % 8, col - col % 8
+        group = [(top + r, left + c) for r in range(8) for c in range(8)]
+        short = maps.short_range[0, points.index((row, col))][top : top + 8, left : left + 8]
+        long_maps = block.attention_map(features, group).long_range[0]  # (64, H, W)
+        reach.append(torch.einsum("q,qhw->hw", short.flatten(), long_maps))
+    columns = [("long range", maps.long_range[0]), ("short range", maps.short_range[0]),
+               ("both steps", torch.stack(reach))]  # fmt: skip
+    fig, axes = plt.subplots(len(points), 4, figsize=(9.6, 2.5 * len(points)))
+    for index, point in enumerate(points):
+        axes[index, 0].imshow(rgb)
+        mark(axes[index, 0], [point], first=index)
+        axes[index, 0].set_title(labels[index])
+        for ax, (title, stack) in zip(axes[index, 1:], columns):
+            shown = stack[index].clamp_min(1e-5).log10()  # zero (outside the group): black
+            ax.imshow(rgb, alpha=0.35)
+            ax.imshow(shown.numpy(), cmap="magma", alpha=0.8, interpolation="nearest")
+            mark(ax, [point], first=index)
+            ax.set_title(title)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Interlaced sparse self-attention: a long-range step, then a short-range "
+                 "step, reach every pixel (log scales)", fontsize=9)  # fmt: skip
+    save(fig, "blocks-isa.png")
+
+
+def ema_figure(rgb: np.ndarray, x: Tensor, points, labels, bases: int = 4) -> None:
+    """EMA's responsibilities: how much each pixel belongs to each base after the EM steps.
+
+    ``in_conv`` keeps the Lab colour (times 3, so that the softmax over bases is not flat)
+    and drops the other channels; the initial bases are the block's own random
+    initialisation under a fixed seed. ``attention_map`` of every pixel returns the last
+    E step's responsibilities.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        block = ExpectationMaximizationAttention(32, num_bases=bases, num_stages=3).eval()
+    with torch.no_grad():
+        block.in_conv.weight.zero_()
+        block.in_conv.bias.zero_()
+        for c in range(3):
+            block.in_conv.weight[c, c] = 3.0
+    height, width = x.shape[-2:]
+    every = [(r, c) for r in range(height) for c in range(width)]
+    responsibilities = block.attention_map(x, every)[0].T.reshape(bases, height, width)
+    fig, axes = plt.subplots(1, bases + 2, figsize=(2.0 * (bases + 2), 2.3))
+    axes[0].imshow(rgb)
+    axes[0].set_title("photograph")
+    for k, ax in enumerate(axes[1 : bases + 1]):
+        ax.imshow(responsibilities[k].numpy(), cmap="magma", vmin=0, vmax=1)
+        ax.set_title(f"base {k + 1}")
+    palette = plt.get_cmap("tab10")(np.arange(bases))[:, :3]
+    axes[-1].imshow(palette[responsibilities.argmax(0).numpy()])
+    axes[-1].set_title("each pixel's largest")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"Expectation-maximisation attention: the responsibilities of {bases} bases "
+                 "after 3 EM steps (each pixel's sum to 1)", fontsize=9)  # fmt: skip
+    save(fig, "blocks-ema.png")
+
+
+def psa_figure(rgb: np.ndarray, x: Tensor, points, labels) -> None:
+    """PSA's collect and distribute weights of a few pixels, with hand-set mask predictors.
+
+    Every pixel predicts its own mask, a blob centred on itself whose logits fall with
+    the squared distance ``d^2`` of the mask cell from its centre, as ``-d^2 (a + b L)``:
+    the pixel's lightness ``L`` sets how far it reaches (bright pixels: narrow masks,
+    dark pixels: wide ones). Norms and activations are ``nn.Identity``, ``reduce`` keeps
+    a constant channel and ``L``; the mask covers the whole shrunk map from any pixel
+    (``2 h - 1`` cells a side, as mmseg's releases).
+    """
+    features = x.clone()
+    features[0, 4] = 1.0  # a constant channel for the mask's a
+    grid = 32  # 64 // shrink_factor
+    size = 2 * grid - 1
+    block = PointwiseSpatialAttention(
+        32, mask_size=size, inter_channels=2, shrink_factor=2, norm_layer=nn.Identity,
+        act_layer=nn.Identity,
+    )  # fmt: skip
+    offsets = torch.arange(size) - (size - 1) // 2
+    distance = (offsets[:, None] ** 2 + offsets[None, :] ** 2).flatten().float()  # cell order
+    with torch.no_grad():
+        for reduce, mask in ((block.reduce, block.mask), (block.reduce_p, block.mask_p)):
+            reduce.conv.weight.zero_()
+            reduce.conv.weight[0, 4] = 1.0  # the constant
+            reduce.conv.weight[1, 0] = 1.0  # lightness L (standardised)
+            mask[0].conv.weight.copy_(torch.eye(2)[..., None, None])
+            mask[1].weight.copy_(-distance[:, None, None, None] * torch.tensor([0.02, 0.008])[
+                None, :, None, None])  # fmt: skip
+    shrunk = [(row // 2, col // 2) for row, col in points]
+    maps = [block.attention_map(features, shrunk, direction)[0] for direction in block.directions]
+    fig, axes = plt.subplots(2, len(points) + 1, figsize=(2.0 * (len(points) + 1), 4.4))
+    small = rgb[::2, ::2]
+    for row_axes, direction, stack in zip(axes, block.directions, maps):
+        row_axes[0].imshow(small)
+        mark(row_axes[0], shrunk)
+        row_axes[0].set_title("photograph (32 x 32)")
+        for index, ax in enumerate(row_axes[1:]):
+            ax.imshow(small, alpha=0.35)
+            ax.imshow(stack[index].numpy(), cmap="magma", alpha=0.75)
+            mark(ax, [shrunk[index]], first=index)
+            ax.set_title(f"{labels[index]}, {direction}")
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Point-wise spatial attention: what each point gathers (collect, from its own "
+                 "mask) and receives (distribute, from the others' masks)", fontsize=9)  # fmt: skip
+    save(fig, "blocks-psa.png")
+
+
+def ocr_figure(rgb: np.ndarray, x: Tensor, points, labels) -> None:
+    """OCR: soft regions from a hand-made coarse prediction, then each pixel's attention
+    over the regions (``ObjectContextBlock.region_attention``).
+
+    The coarse logits of region ``k`` are ``-|lab - lab(p_k)|^2``, the colour distance to
+    one chosen pixel ``p_k``; ``SpatialGather`` averages the features under each region.
+    The object-context block has no norm and no activation (``nn.Identity``) and
+    colour-comparing queries and keys (a constant channel stands in for the bias).
+    """
+    features = x.clone()
+    features[0, 4] = 1.0
+    seeds = [*points, (4, 4)]  # the three points and the sky above the flag
+    lab = features[0, :3]
+    centres = torch.stack([lab[:, row, col] for row, col in seeds])  # (K, 3)
+    logits = -(lab[None] - centres[:, :, None, None]).pow(2).sum(1)[None]  # (1, K, H, W)
+    regions = SpatialGather()(features, logits)  # (1, 32, K, 1)
+    block = ObjectContextBlock(32, inter_channels=4, norm_layer=nn.Identity,
+                               act_layer=nn.Identity)  # fmt: skip
+    temperature = 4.0  # energies scaled by 1 / sqrt(4)
+    with torch.no_grad():
+        (query_in, query_out) = block.attention.query_project
+        (key_in, key_out) = block.attention.key_project
+        for unit in (query_in, key_in):
+            unit.conv.weight.zero_()
+        for unit in (query_out, key_out):
+            unit.conv.weight.copy_(torch.eye(4)[..., None, None])
+        for c in range(3):
+            query_in.conv.weight[c, c] = 2 * temperature
+            key_in.conv.weight[c, c] = 1.0
+        query_in.conv.weight[3, 4] = 1.0
+        key_in.conv.weight[3, 3] = -temperature
+    weights = block.region_attention(features, regions)[0]  # (K, H, W), sums to 1 over K
+    count = len(seeds)
+    fig, axes = plt.subplots(1, count + 2, figsize=(2.0 * (count + 2), 2.3))
+    axes[0].imshow(rgb)
+    mark(axes[0], seeds)
+    axes[0].set_title("region seeds")
+    for k, ax in enumerate(axes[1 : count + 1]):
+        ax.imshow(rgb, alpha=0.35)
+        ax.imshow(weights[k].numpy(), cmap="magma", alpha=0.75, vmin=0, vmax=1)
+        mark(ax, [seeds[k]], first=k)
+        ax.set_title(f"attention to region {k + 1}")
+    palette = np.array([matplotlib.colors.to_rgb(c) for c in POINT_COLOURS])
+    axes[-1].imshow(palette[weights.argmax(0).numpy()])
+    axes[-1].set_title("each pixel's largest")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle("Object-contextual representations: every pixel's softmax over 4 soft "
+                 "regions (the four maps sum to 1 at each pixel)", fontsize=9)  # fmt: skip
+    save(fig, "blocks-ocr.png")
 
 
 def _two_pass_reach(cca: CrissCrossAttention, x: Tensor, point: tuple[int, int]) -> Tensor:
