@@ -9,8 +9,10 @@
    picture says what the *mechanism* does: queries and keys compare the pixels' colours
    (CIELAB), with ``q_i . k_j = -t |lab_i - lab_j|^2`` up to a per-row constant, so a
    softmax over keys favours pixels of similar colour. The same weights go into PAM,
-   criss-cross and non-local, so their pictures differ only by the mechanism.
-2. ``heads-*.svg``: the model heads as diagrams (boxes and arrows drawn with matplotlib).
+   criss-cross and non-local, so their pictures differ only by the mechanism; DNL, ISA,
+   EMA, PSA and OCR get the settings their own mechanism needs, said in each caption.
+2. ``heads-*.svg``: the model heads as diagrams (boxes and arrows drawn with matplotlib;
+   the layout is checked for overlapping boxes and text wider than its box).
 3. ``demo-*.png``: a DANet trained on the synthetic scenes of ``examples/train.py``: a
    shorter run of the demo (``--iters``, default 600 of the demo's 2000, the rest of the
    recipe unchanged), its PAM maps for chosen pixels, its CAM channels, and the same learned
