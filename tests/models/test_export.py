@@ -1,9 +1,11 @@
-"""Small DANets (and a CCNet) through torch.compile, torch.export and ONNX give the eager result."""
+"""Small DANets (and a CCNet) through torch.compile, torch.export and ONNX give the eager
+result; every other zoo model through torch.export."""
 
 import pytest
 import torch
 
-from attnblocks.models import CCNet, DANet
+from attnblocks.models import MMSEG_MODELS, CCNet, DANet
+from attnblocks.models.base import main_logits
 
 BACKENDS = ["bmm", "chunked", "sdpa"]
 
@@ -60,4 +62,21 @@ def test_ccnet_torch_export():
     with torch.no_grad():
         expected = model(images)
         ours = torch.export.export(model, (images,)).module()(images)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(set(MMSEG_MODELS) - {"danet", "ccnet"}))
+def test_every_zoo_model_exports(name):
+    backbone = "hrnet_w18_small" if name == "ocrnet" else "resnet18"
+    torch.manual_seed(0)
+    model = MMSEG_MODELS[name](backbone=backbone, num_classes=5).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():  # a zero-initialised last layer: make the attention count
+                parameter.normal_(0.0, 0.1)
+    images = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = main_logits(model(images))
+        program = torch.export.export(model, (images,))
+        ours = main_logits(program.module()(images))
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
