@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness, run as a script
 
 from harness import (
+    capped_child_result,
     configure_malloc,
     default_out_dir,
     device_name,
@@ -210,15 +211,7 @@ def measure_isolated(case: Case, args: argparse.Namespace) -> Result:
     """Run a case in a forked child under the memory cap, so its peak memory is its own."""
     cap = int(args.memory_cap_gib * 2**30)
     payload = run_forked(measure_case, case, args.repeats, args.long_case_seconds, memory_cap=cap)
-    if "error" not in payload:
-        return Result(**payload)
-    error = payload["error"]
-    out_of_memory = payload.get("killed") or "alloc" in error or "memory" in error.lower()
-    detail = error.splitlines()[0][:160] if error else ""
-    if out_of_memory:
-        detail = f"over the {args.memory_cap_gib:g} GiB cap; {nxn_size(case)}"
-    return Result(**dataclasses.asdict(case), status="oom" if out_of_memory else "error",
-                  detail=detail)  # fmt: skip
+    return capped_child_result(payload, case, Result, args.memory_cap_gib, nxn_size(case))
 
 
 def make_cases(args: argparse.Namespace) -> list[Case]:

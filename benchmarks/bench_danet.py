@@ -36,9 +36,9 @@ from harness import (
     free_memory_bytes,
     low_precision_note,
     measure,
+    measure_on_device,
     mib,
     out_of_memory_reason,
-    run_forked,
     torch_tag,
 )
 
@@ -136,16 +136,7 @@ def measure_case(case: Case, repeats: int, long_case_seconds: float) -> dict:
 
 
 def run_case(case: Case, repeats: int, long_case_seconds: float) -> Result:
-    if case.device != "cpu":
-        result = Result(**measure_case(case, repeats, long_case_seconds))
-        torch.cuda.empty_cache()
-        return result
-    cap = int(0.9 * free_memory_bytes())  # fail with an error rather than trigger the OOM killer
-    payload = run_forked(measure_case, case, repeats, long_case_seconds, memory_cap=cap)
-    if "error" in payload:
-        status = "oom" if payload.get("killed") or "allocate" in payload["error"] else "error"
-        return Result(**dataclasses.asdict(case), status=status, detail=payload["error"][:300])
-    return Result(**payload)
+    return measure_on_device(measure_case, case, Result, repeats, long_case_seconds)
 
 
 def _progress_line(r: Result) -> str:

@@ -178,6 +178,51 @@ def run_forked(fn: Callable[..., dict], *args: Any, memory_cap: int | None = Non
     return payload
 
 
+def measure_on_device(
+    measure_case: Callable[..., dict], case: Any, result_type: type, *args: Any
+) -> Any:
+    """Measure a case: in this process on CUDA, in a forked child (its own peak) on CPU.
+
+    Args:
+        measure_case: ``measure_case(case, *args)`` returns the result's fields as a dict.
+        case: a dataclass with a ``device`` field, whose fields start the result's.
+        result_type: the result dataclass (``status`` and ``detail`` fields for failures).
+        *args: the measurement's further arguments (repeats...).
+    """
+    if case.device != "cpu":
+        result = result_type(**measure_case(case, *args))
+        torch.cuda.empty_cache()
+        return result
+    cap = int(0.9 * free_memory_bytes())  # fail with an error rather than trigger the OOM killer
+    payload = run_forked(measure_case, case, *args, memory_cap=cap)
+    if "error" in payload:
+        status = "oom" if payload.get("killed") or "allocate" in payload["error"] else "error"
+        return result_type(**dataclasses.asdict(case), status=status, detail=payload["error"][:300])
+    return result_type(**payload)
+
+
+def capped_child_result(
+    payload: dict, case: Any, result_type: type, cap_gib: float, why: str = ""
+) -> Any:
+    """The result of a case run by :func:`run_forked` under a memory cap of ``cap_gib``.
+
+    Args:
+        payload: what :func:`run_forked` returned.
+        case: the case dataclass, whose fields start the result's.
+        result_type: the result dataclass (``status`` and ``detail`` fields for failures).
+        why: said after the cap when the case ran out of memory (what it needed).
+    """
+    if "error" not in payload:
+        return result_type(**payload)
+    error = payload["error"]
+    out_of_memory = payload.get("killed") or "alloc" in error or "memory" in error.lower()
+    detail = error.splitlines()[0][:160] if error else ""
+    if out_of_memory:
+        detail = f"over the {cap_gib:g} GiB cap" + (f"; {why}" if why else "")
+    return result_type(**dataclasses.asdict(case), status="oom" if out_of_memory else "error",
+                       detail=detail)  # fmt: skip
+
+
 def matmul_ceiling_gflops(device: torch.device, dtype: torch.dtype) -> float:
     """Best GFLOP/s of a large square matmul on ``device`` in ``dtype``."""
     size = 8192 if device.type == "cuda" else 2048
