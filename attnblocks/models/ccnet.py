@@ -7,23 +7,23 @@ https://arxiv.org/abs/1811.11721
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_feature_map, default_inter_channels
 from ..compat import MMSEG_CCNET
-from ..layers import ConvNormAct, CrissCrossAttention
+from ..layers import CrissCrossAttention
 from ..layers.conv_norm_act import LayerFactory
 from ..pretrained import PretrainedConfigLike
 from .backbone import OutputStride
 from .base import SegmentationModel
-from .danet_head import _classifier
+from .fcn_attention_head import FCNAttentionHead
 
 
-class CCNetHead(nn.Module):
+class CCNetHead(FCNAttentionHead):
     """CCNet's head: criss-cross attention between two 3x3 convs, fused with its input.
 
     ::
@@ -33,7 +33,9 @@ class CCNetHead(nn.Module):
           -> fuse (3x3 conv-norm-act) -> classifier (dropout, 1x1 conv) -> logits
 
     The layout of mmsegmentation's ``CCHead`` (``convs.0``, ``cca``, ``convs.1``,
-    ``conv_cat``, ``conv_seg``) and of the official CCNet's RCCA module.
+    ``conv_cat``, ``conv_seg``) and of the official CCNet's RCCA module: a
+    :class:`~attnblocks.models.FCNAttentionHead` whose block is
+    :class:`~attnblocks.CrissCrossAttention`.
 
     Shapes: ``(B, in_channels, H, W)`` -> ``(B, num_classes, H, W)`` logits.
 
@@ -66,25 +68,13 @@ class CCNetHead(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        layers = {"norm_layer": norm_layer, "act_layer": act_layer, **dd}
-        self.inter_channels = inter = default_inter_channels(in_channels, inter_channels)
-        self.in_channels = in_channels
-        self.attention_in = ConvNormAct(in_channels, inter, 3, **layers)
-        self.attention = CrissCrossAttention(
-            inter, reduction, gamma_init=gamma_init, recurrence=recurrence, **dd
+        block = partial(
+            CrissCrossAttention, reduction=reduction, gamma_init=gamma_init, recurrence=recurrence
         )
-        self.attention_out = ConvNormAct(inter, inter, 3, **layers)
-        self.fuse = ConvNormAct(in_channels + inter, inter, 3, **layers)
-        self.classifier = _classifier(inter, num_classes, dropout, **dd)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits for features ``x`` of shape ``(B, in_channels, H, W)``."""
-        check_feature_map(x, self.in_channels, type(self).__name__)
-        features = self.attention_out(self.attention(self.attention_in(x)))
-        features = self.fuse(torch.cat([x, features], dim=1))  # the input first, as mmseg's
-        return self.classifier(features)
+        super().__init__(
+            in_channels, num_classes, block, inter_channels, dropout, norm_layer, act_layer,
+            device=device, dtype=dtype,
+        )  # fmt: skip
 
 
 class CCNet(SegmentationModel, paper_url="https://arxiv.org/abs/1811.11721"):

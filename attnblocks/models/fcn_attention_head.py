@@ -2,7 +2,8 @@
 
 mmsegmentation builds the heads of NLNet, GCNet and DNLNet as one ``FCNHead`` (two 3x3
 conv-norm-act units, the input concatenated before a third, a classifier) with the
-model's block applied between the first two; CCNet's ``CCHead`` has the same shape.
+model's block applied between the first two; CCNet's ``CCHead`` has the same shape
+(:class:`~attnblocks.models.CCNetHead` is this head with a criss-cross block).
 """
 
 from __future__ import annotations
