@@ -90,11 +90,22 @@ def attention_backend(backend: str | None) -> Iterator[None]:
         _scoped.reset(token)
 
 
+def _scoped_backend() -> str | None:
+    """The backend of the innermost enclosing :func:`attention_backend` block, or None."""
+    return _scoped.get()
+
+
+if hasattr(torch.compiler, "assume_constant_result"):
+    # torch 2.11's torch.compile cannot trace ContextVar.get (fullgraph fails; 2.14's can):
+    # a compiled graph takes the block's backend as a constant read when it is traced.
+    _scoped_backend = torch.compiler.assume_constant_result(_scoped_backend)
+
+
 def get_attention_backend() -> str | None:
     """What ``"auto"`` is overridden with: an enclosing :func:`attention_backend` block, else
     :func:`set_attention_backend`, else ``$ATTNBLOCKS_BACKEND``, else None (the automatic
     rule decides)."""
-    scoped = _scoped.get()
+    scoped = _scoped_backend()
     if scoped is not None:
         return None if scoped == "auto" else scoped
     if _override is not None:

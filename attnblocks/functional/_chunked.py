@@ -265,6 +265,14 @@ else:  # pragma: no cover - old torch: compile traces the loop inline
     _chunked_operator = None
 
 
+def _exporting() -> bool:
+    """Whether ``torch.export`` is tracing. The flag it sets is read directly: up to torch
+    2.11 at least, ``torch.compiler.is_exporting()`` is True in every ``torch.compile``
+    trace too (dynamo folds it to True), which unrolled the loop there."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return flag if flag is not None else getattr(torch.compiler, "is_exporting", lambda: False)()
+
+
 def _resolve_chunk_size(chunk_size: int, query: Tensor, key: Tensor, value: Tensor) -> int:
     """``chunk_size``, or for 0 the one that fits :data:`DEFAULT_CHUNK_MEMORY`."""
     if chunk_size > 0:
@@ -289,8 +297,7 @@ def chunked_position_attention(
     Returns:
         ``(B, N_q, D_v)`` in the value's dtype.
     """
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    if torch.compiler.is_compiling() and not exporting and _chunked_operator is not None:
+    if torch.compiler.is_compiling() and not _exporting() and _chunked_operator is not None:
         # The chunk size is resolved inside, on concrete sizes: no guard on the map size here.
         return _chunked_operator(query, key, value, chunk_size or 0)[0]
     chunk_size = _resolve_chunk_size(chunk_size or 0, query, key, value)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from attnblocks import CAM, PAM, SelfAttentionBlock
+from attnblocks.functional import attention_backend
 from tests.reference import relative_error
 
 SIZES = [
@@ -41,6 +42,26 @@ def test_pam_compiles_as_one_graph_with_every_backend(backend):
     assert relative_error(out, expected_out) < 1e-6
     for grad, expected in zip(grads, expected_grads):
         assert relative_error(grad, expected) < 1e-5
+
+
+@pytest.mark.parametrize("scoped", ["bmm", "chunked"])
+def test_compiled_pam_follows_the_enclosing_attention_backend_block(scoped):
+    # The block's backend is read while tracing (torch 2.11's dynamo cannot trace a ContextVar).
+    torch._dynamo.reset()
+    targets = []
+
+    def recording_backend(graph_module, example_inputs):
+        targets.extend(str(node.target) for node in graph_module.graph.nodes)
+        return graph_module.forward
+
+    pam = PAM(16, chunk_size=8, gamma_init=0.5)
+    x = torch.randn(2, 16, 5, 7, generator=torch.Generator().manual_seed(0))
+    with attention_backend(scoped), torch.no_grad():
+        expected = pam(x)
+        out = torch.compile(pam, backend=recording_backend, fullgraph=True)(x)
+    assert relative_error(out, expected) < 1e-6
+    chunked_ops = [target for target in targets if "attnblocks" in target]
+    assert bool(chunked_ops) == (scoped == "chunked"), targets
 
 
 @pytest.mark.parametrize("backend", ["chunked", "sdpa"])
