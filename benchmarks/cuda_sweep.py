@@ -11,6 +11,7 @@ for a few minutes at a time, or all in one go::
     python benchmarks/cuda_sweep.py verdict --out "$OUT"             # the acceptance check
     python benchmarks/cuda_sweep.py all --out benchmarks/results
     python benchmarks/cuda_sweep.py pam-float32-forward --dry-run --out /tmp/dry  # on CPU
+    python benchmarks/cuda_sweep.py lease --minutes 8 --out "$OUT"  # one short GPU session
 
 The pieces:
 
@@ -30,6 +31,15 @@ The pieces:
   1024x2048, batch 2 (``bench_steps.py``).
 - ``verdict``: the issue's acceptance check on the bfloat16 training table (no GPU needed:
   it reads the table): auto vs bmm and vs the direct memory-efficient call at N=32768.
+- ``lease``: what one short GPU session runs in a single call: the pieces of
+  :data:`LEASE_ORDER` (tests, the acceptance piece and its verdict first) one after the
+  other until ``--minutes`` are spent (a piece still running then, or after half of them,
+  is stopped), with the machine and its software written down, everything packed into
+  one ``cuda-sweep-<tag>.tar.gz`` in ``--out`` beside the summary and the verdict (three
+  files: a lent machine sends few back). Unpack the tables into ``benchmarks/results/``.
+
+The pieces run this checkout's package, installed or not (a lent machine has torch, timm
+and einops, not this package).
 
 ``--dry-run`` runs a piece's commands on this machine's CPU at toy sizes (N=64, 64x64
 images, resnet18, C=16, one repeat, one forced split and kernel), into file names tagged
@@ -40,19 +50,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import signal
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness, run as a script
+BENCHMARKS = Path(__file__).resolve().parent
+ROOT = BENCHMARKS.parent
+# The shared harness, and this checkout's package (measured even where none is installed).
+sys.path[:0] = [str(BENCHMARKS), str(ROOT)]
 
 from harness import default_out_dir, device_tag, torch_tag
 
-BENCHMARKS = Path(__file__).resolve().parent
-ROOT = BENCHMARKS.parent
 PAM_SIZES = ["4096", "16384", "32768", "65536"]
 CUDA_TESTS = ["tests/functional/test_position_backends_cuda.py"]
 #: The acceptance check: bfloat16 autocast PAM C=512 forward + backward at N=32768.
@@ -80,6 +96,16 @@ DRY_DEFAULTS = {
     "bench_danet.py": ["--repeats", "1"],
     "bench_steps.py": ["--repeats", "1"],
 }
+#: What ``lease`` runs, most wanted first: the CUDA tests, the acceptance piece and its
+#: verdict, then the other tables while time is left.
+LEASE_ORDER = ("tests", "pam-bfloat16-train", "verdict", "pam-bfloat16-forward",
+               "pam-float32-train", "pam-float16-train", "steps-danet-bfloat16", "steps-ccnet",
+               "pam-float32-forward", "pam-float16-forward", "cam", "danet-bfloat16",
+               "steps-danet-float32", "danet-float32")  # fmt: skip
+#: ``lease`` starts no piece with less time than this left before its deadline.
+LEASE_MINIMUM_SECONDS = 30.0
+#: No piece of a lease may take more than this share of it (a hung piece leaves the rest).
+LEASE_PIECE_SHARE = 0.5
 
 
 def _script(name: str, *options: str) -> list[str]:
@@ -104,7 +130,8 @@ def pieces(out: Path, tag: str) -> dict[str, list[list[str]]]:
         out: the output folder.
         tag: device and torch tag of the file names (:func:`card_tag`).
     """
-    tests = [sys.executable, "-m", "pytest", "-q", "-rs", "--junit-xml",
+    # -n 0: one process (the tests share one GPU; xdist's workers would each start CUDA).
+    tests = [sys.executable, "-m", "pytest", "-q", "-rs", "-n", "0", "--junit-xml",
              str(out / f"tests-{tag}.xml"), *CUDA_TESTS]  # fmt: skip
     precision = _script("bench_precision.py", "--device", "cuda", "--out", str(out),
                         "--channels", "512", "--stem", f"precision-{tag}-c512")  # fmt: skip
@@ -245,9 +272,130 @@ def _run_verdict(out: Path, tag: str) -> int:
     return 0 if holds else 1
 
 
+def child_environment() -> dict[str, str]:
+    """The environment of the pieces' commands: this checkout's package first on the path."""
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
+
+
+def environment_report() -> str:
+    """The machine and software a lease ran on, for the results' readers."""
+    import einops
+    import timm
+
+    lines = [f"python {platform.python_version()}, torch {torch.__version__}, "
+             f"timm {timm.__version__}, einops {einops.__version__}",
+             f"host: {platform.node()}, {os.cpu_count()} cores"]  # fmt: skip
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        lines += [
+            f"GPU: {properties.name}, capability {properties.major}.{properties.minor}, "
+            f"{properties.total_memory / 2**30:.0f} GiB, "
+            f"{properties.multi_processor_count} multiprocessors",
+            f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}",
+        ]
+        try:
+            smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=60)
+            lines += ["", smi.stdout.strip()]
+        except (OSError, subprocess.SubprocessError) as error:
+            lines.append(f"nvidia-smi: {error}")
+    else:
+        lines.append("GPU: none")
+    return "\n".join(lines) + "\n"
+
+
+def run_until(command: list[str], deadline: float, log: Path) -> str:
+    """Run ``command`` (output appended to ``log``), stopped at ``deadline`` (a
+    ``time.monotonic()`` reading) with everything it started; ``"ok"`` or what went wrong.
+
+    Args:
+        command: the command.
+        deadline: when to stop it.
+        log: the log file.
+    """
+    with log.open("a") as stream:
+        stream.write(f"$ {' '.join(command)}\n")
+        stream.flush()
+        # A session of its own, so that the pieces' own children (pytest workers) stop too.
+        process = subprocess.Popen(command, cwd=ROOT, env=child_environment(), stdout=stream,
+                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            code = process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return "stopped: out of time"
+    return "ok" if code == 0 else f"failed (exit code {code})"
+
+
+def lease(out: Path, work: Path, tag: str, minutes: float, dry_run: bool = False) -> int:
+    """Run :data:`LEASE_ORDER` until ``minutes`` are spent, then pack the results into ``out``.
+
+    Writes three files into ``out``: ``cuda-sweep-<tag>.tar.gz`` (every table, plot, the
+    test report, the log and the environment), ``lease-<tag>.md`` (what ran, how long)
+    and ``acceptance-<tag>.md`` (the verdict, when its table was made).
+
+    Args:
+        out: where the three files go.
+        work: where the pieces write (outside ``out``).
+        tag: device and torch tag of the file names.
+        minutes: the time the pieces may take together.
+        dry_run: run the pieces at toy sizes on the CPU (see :func:`dry`).
+
+    Returns:
+        0 when every piece ran to its end without error (the verdict's answer is reported,
+        not counted), 1 otherwise.
+    """
+    deadline = time.monotonic() + 60 * minutes
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    log = work / f"lease-{tag}.log"
+    environment = environment_report()
+    (work / f"environment-{tag}.txt").write_text(environment)
+    print(environment, flush=True)
+    available = pieces(work, tag)
+    rows = []
+    for name in LEASE_ORDER:
+        started = time.monotonic()
+        if deadline - started < LEASE_MINIMUM_SECONDS:
+            rows.append((name, "not started: no time left", 0.0))
+            continue
+        if name == "verdict":
+            table = work / f"attention-{tag}-pam-bfloat16-train.json"
+            if table.exists():
+                holds, report = verdict(table)
+                (work / f"acceptance-{tag}.md").write_text(report)
+                print(report, flush=True)
+                status = f"ok (target {'met' if holds else 'not met'})"
+            else:
+                status = "no table: pam-bfloat16-train did not write one"
+        else:
+            status = "ok"
+            stop = min(deadline, started + LEASE_PIECE_SHARE * 60 * minutes)
+            for command in available[name]:
+                ran = run_until(dry(command) if dry_run else command, stop, log)
+                status = ran if ran != "ok" else status
+        rows.append((name, status, time.monotonic() - started))
+        print(f"[{name}] {status}, {rows[-1][2]:.0f} s", flush=True)
+    summary = [f"# GPU lease {tag}", "", f"{minutes:g} minutes for the pieces; log and tables "
+               f"in cuda-sweep-{tag}.tar.gz.", "", "| piece | status | seconds |",
+               "|---|---|---:|", *(f"| {n} | {s} | {t:.0f} |" for n, s, t in rows)]  # fmt: skip
+    (work / f"lease-{tag}.md").write_text("\n".join(summary) + "\n")
+    with tarfile.open(out / f"cuda-sweep-{tag}.tar.gz", "w:gz") as archive:
+        for path in sorted(work.iterdir()):
+            archive.add(path, arcname=path.name)
+    for name in (f"lease-{tag}.md", f"acceptance-{tag}.md"):
+        if (work / name).exists():
+            (out / name).write_text((work / name).read_text())
+    print("\n".join(summary), flush=True)
+    return 0 if all(s.startswith("ok") for _, s, _ in rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("piece", nargs="?", help="a piece's name (see --list), 'verdict' or 'all'")
+    parser.add_argument(
+        "piece", nargs="?", help="a piece's name (see --list), 'verdict', 'all' or 'lease'"
+    )
     parser.add_argument("--list", action="store_true", help="list the pieces and their commands")
     parser.add_argument(
         "--dry-run",
@@ -256,7 +404,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=default_out_dir(), help="output folder")
     parser.add_argument("--tag", help="device/torch tag of the file names (default: the card's)")
+    parser.add_argument("--minutes", type=float, default=8.0,
+                        help="lease: the time its pieces may take together")  # fmt: skip
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="lease: where the pieces write (default: a folder in the temp dir)",
+    )
     args = parser.parse_args(argv)
+    if args.minutes <= 0:
+        parser.error(f"--minutes must be positive, got {args.minutes:g}")
     tag = args.tag or (f"dryrun-{device_tag('cpu')}-{torch_tag()}" if args.dry_run
                        else card_tag())  # fmt: skip
     available = pieces(args.out, tag)
@@ -270,18 +427,25 @@ def main(argv: list[str] | None = None) -> int:
         for alias, members in aliases(list(available)).items():
             print(f"{alias}: {' + '.join(members)}")
         print("verdict:\n    (reads the pam-bfloat16-train table, writes acceptance-<tag>.md)")
+        print(f"lease: {' -> '.join(LEASE_ORDER)} until --minutes are spent, packed into --out")
         return 0
     if args.piece == "verdict":
         return _run_verdict(args.out, tag)
     if not torch.cuda.is_available() and not args.dry_run:
         parser.error("no CUDA GPU: the sweep needs one (torch.cuda.is_available() is False); "
                      "--dry-run runs a piece on the CPU at toy sizes")  # fmt: skip
+    if args.piece == "lease":
+        work = args.work or Path(tempfile.gettempdir()) / f"attnblocks-lease-{tag}"
+        if work.resolve() == args.out.resolve() or args.out.resolve() in work.resolve().parents:
+            parser.error(f"--work {work} must lie outside --out {args.out}: only the packed "
+                         "results belong there")  # fmt: skip
+        return lease(args.out, work, tag, args.minutes, args.dry_run)
     names = list(available) if args.piece == "all" else [args.piece]
     names = [member for name in names for member in aliases(list(available)).get(name, [name])]
     unknown = [name for name in names if name not in available]
     if unknown:
         parser.error(f"unknown piece {unknown[0]!r}; expected one of {', '.join(available)}, "
-                     "verdict, all")  # fmt: skip
+                     "verdict, all, lease")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for name in names:
@@ -289,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             command = dry(command) if args.dry_run else command
             started = time.perf_counter()
             print(f"[{name}] {' '.join(command)}", flush=True)
-            failed += subprocess.run(command, cwd=ROOT).returncode != 0
+            failed += subprocess.run(command, cwd=ROOT, env=child_environment()).returncode != 0
             print(f"[{name}] {time.perf_counter() - started:.0f} s", flush=True)
     if args.piece == "all" and not args.dry_run:
         failed += _run_verdict(args.out, tag) != 0

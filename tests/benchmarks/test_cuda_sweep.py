@@ -4,6 +4,7 @@ clear refusal without a GPU."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,3 +158,72 @@ def test_a_piece_without_a_gpu_is_refused_clearly():
     )  # fmt: skip
     assert completed.returncode == 2
     assert "no CUDA GPU" in completed.stderr and "--dry-run" in completed.stderr
+
+
+def quick_pieces(work, tag):
+    """Stand-in pieces: one writes a table, one fails, one starts a child and outlives the lease."""
+    write = f"import pathlib; pathlib.Path({str(work)!r}, 'table-{tag}.md').write_text('x')"
+    # The sleeper starts a child of its own (as pytest starts workers) and writes its pid.
+    sleeper = (
+        "import pathlib, subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+        f"'import time; time.sleep(600)']); pathlib.Path({str(work)!r}, 'child.pid')"
+        ".write_text(str(child.pid)); time.sleep(600)"
+    )
+    return {
+        "tests": [[sys.executable, "-c", write]],
+        "pam-bfloat16-train": [[sys.executable, "-c", "import sys; sys.exit(3)"]],
+        "cam": [[sys.executable, "-c", sleeper]],
+        "steps-ccnet": [[sys.executable, "-c", "pass"]],
+    }
+
+
+def test_lease_runs_pieces_in_order_stops_the_late_one_and_packs_three_files(tmp_path, monkeypatch):
+    import tarfile
+    import time
+
+    module = sweep()
+    monkeypatch.setattr(module, "pieces", quick_pieces)
+    monkeypatch.setattr(module, "LEASE_ORDER", ("tests", "pam-bfloat16-train", "verdict", "cam",
+                                                "steps-ccnet"))  # fmt: skip
+    monkeypatch.setattr(module, "LEASE_MINIMUM_SECONDS", 1.0)
+    monkeypatch.setattr(module, "LEASE_PIECE_SHARE", 1.0)
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    fake_table(work / "attention-tag-pam-bfloat16-train.json", auto_ms=40.0, auto_mib=400.0)
+    started = time.monotonic()
+    code = module.lease(out, work, "tag", minutes=0.25)
+    assert time.monotonic() - started < 60  # the sleeper and its child were stopped
+    assert code == 1  # one piece failed, one was stopped
+    assert sorted(p.name for p in out.iterdir()) == [
+        "acceptance-tag.md", "cuda-sweep-tag.tar.gz", "lease-tag.md"]  # fmt: skip
+    summary = (out / "lease-tag.md").read_text()
+    rows = [line.split(" | ")[:2] for line in summary.splitlines() if line.startswith("| ")][1:]
+    assert rows == [
+        ["| tests", "ok"],
+        ["| pam-bfloat16-train", "failed (exit code 3)"],
+        ["| verdict", "ok (target met)"],
+        ["| cam", "stopped: out of time"],
+        ["| steps-ccnet", "not started: no time left"],
+    ]
+    assert "Holds: yes" in (out / "acceptance-tag.md").read_text()
+    with tarfile.open(out / "cuda-sweep-tag.tar.gz") as archive:
+        names = set(archive.getnames())
+    assert {"table-tag.md", "environment-tag.txt", "lease-tag.log", "lease-tag.md",
+            "acceptance-tag.md", "attention-tag-pam-bfloat16-train.json"} <= names  # fmt: skip
+    assert "python " in (work / "environment-tag.txt").read_text()
+    status = Path("/proc", (work / "child.pid").read_text(), "status")
+    for _ in range(50):  # the killed child is gone, or a zombie nobody has reaped yet
+        if not status.exists() or "State:\tZ" in status.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the stopped piece's child still runs")
+
+
+def test_lease_refuses_a_work_folder_inside_out(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "lease", "--dry-run", "--out", str(tmp_path),
+         "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 2
+    assert "must lie outside --out" in completed.stderr
