@@ -90,22 +90,11 @@ def attention_backend(backend: str | None) -> Iterator[None]:
         _scoped.reset(token)
 
 
-def _scoped_backend() -> str | None:
-    """The backend of the innermost enclosing :func:`attention_backend` block, or None."""
-    return _scoped.get()
-
-
-if hasattr(torch.compiler, "assume_constant_result"):
-    # torch 2.11's torch.compile cannot trace ContextVar.get (fullgraph fails; 2.14's can):
-    # a compiled graph takes the block's backend as a constant read when it is traced.
-    _scoped_backend = torch.compiler.assume_constant_result(_scoped_backend)
-
-
 def get_attention_backend() -> str | None:
     """What ``"auto"`` is overridden with: an enclosing :func:`attention_backend` block, else
     :func:`set_attention_backend`, else ``$ATTNBLOCKS_BACKEND``, else None (the automatic
     rule decides)."""
-    scoped = _scoped_backend()
+    scoped = _scoped.get()
     if scoped is not None:
         return None if scoped == "auto" else scoped
     if _override is not None:
@@ -119,6 +108,12 @@ def get_attention_backend() -> str | None:
             f"{BACKEND_ENV_VAR}={name!r} is not an attention backend; expected one of {choices}"
         )
     return name
+
+
+if hasattr(torch.compiler, "assume_constant_result"):
+    # torch.compile reads the override once per trace, as a constant: older dynamo cannot
+    # trace ContextVar.get (torch 2.11) or a missing environment variable (torch 2.4).
+    get_attention_backend = torch.compiler.assume_constant_result(get_attention_backend)
 
 
 def needs_grad(*tensors: torch.Tensor) -> bool:

@@ -212,8 +212,12 @@ def _empty_if_none(tensor: Tensor | None, like: Tensor) -> Tensor:
 
 
 if hasattr(torch.library, "custom_op"):  # torch >= 2.4
-
-    @torch.library.custom_op(_OPERATOR, mutates_args=())
+    # Explicit schemas: torch 2.4 cannot infer one from this module's string annotations.
+    @torch.library.custom_op(
+        _OPERATOR,
+        mutates_args=(),
+        schema="(Tensor query, Tensor key, Tensor value, int chunk_size) -> (Tensor, Tensor)",
+    )
     def _chunked_operator(
         query: Tensor, key: Tensor, value: Tensor, chunk_size: int
     ) -> tuple[Tensor, Tensor]:
@@ -227,7 +231,12 @@ if hasattr(torch.library, "custom_op"):  # torch >= 2.4
             query.new_empty(batch, query_positions),
         )
 
-    @torch.library.custom_op(_OPERATOR + "_backward", mutates_args=())
+    @torch.library.custom_op(
+        _OPERATOR + "_backward",
+        mutates_args=(),
+        schema="(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor out, "
+        "Tensor log_sum_exp, int chunk_size, bool[] needs) -> (Tensor, Tensor, Tensor)",
+    )
     def _chunked_backward_operator(
         grad_out: Tensor,
         query: Tensor,
