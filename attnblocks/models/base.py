@@ -508,4 +508,4 @@ class SegmentationModel(
         model = super()._from_pretrained(strict=strict, **kwargs)  # type: ignore[misc]
         source = config.get(WEIGHTS_SOURCE_KEY)
         model.weights_source = source if source is not None else model_id
-        return model
+        return model.eval()  # huggingface_hub < 2 leaves it in training mode

@@ -190,7 +190,8 @@ def test_help_documents_every_flag_and_each_default_once():
 
 def assert_each_default_shown_once(help_text: str) -> None:
     """No option's help names its default twice, and none shows "(default: None)"."""
-    options = re.split(r"\n  (?=-)", help_text.split("options:", 1)[1])
+    # argparse heads the section "options:" (Python 3.10+) or "optional arguments:" (3.9).
+    options = re.split(r"\n  (?=-)", re.split(r"\n(?:optional arguments|options):", help_text)[1])
     for option in options:
         text = " ".join(option.split())
         assert text.count("default") <= 1, text

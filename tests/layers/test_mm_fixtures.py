@@ -3,6 +3,8 @@
 mmcv's weights load through ``attnblocks.compat.load_mmcv_state_dict``.
 """
 
+from __future__ import annotations
+
 import pytest
 import torch
 
