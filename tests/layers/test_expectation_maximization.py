@@ -2,6 +2,7 @@
 EMAHead (eval and training, the bases' update), and the update's mean over a 2-process group."""
 
 import os
+import time
 
 import pytest
 import torch
@@ -141,6 +142,9 @@ def test_bad_arguments_and_inputs():
         ExpectationMaximizationAttention(16)(torch.randn(1, 8, 4, 4))
 
 
+GROUP_SECONDS = 120  # the two processes take a few seconds; this only catches a hang
+
+
 def _train_step_in_a_group(rank, world_size, store, out_dir):
     """One training forward of the same unit on rank-specific inputs in a gloo group."""
     torch.set_num_threads(1)
@@ -155,7 +159,15 @@ def _train_step_in_a_group(rank, world_size, store, out_dir):
 
 
 def test_base_update_averages_the_processes_of_a_distributed_group(tmp_path):
-    mp.spawn(_train_step_in_a_group, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    group = mp.spawn(_train_step_in_a_group, args=(2, str(tmp_path / "store"), str(tmp_path)),
+                     nprocs=2, join=False)  # fmt: skip
+    deadline = time.monotonic() + GROUP_SECONDS
+    while not group.join(timeout=1):  # a hung rank fails the test instead of stalling the suite
+        if time.monotonic() > deadline:
+            for process in group.processes:
+                process.kill()
+            # (seen once on torch 2.4: rank 0 blocked in destroy_process_group)
+            pytest.fail(f"the two gloo ranks did not finish within {GROUP_SECONDS} s")
     bases = [torch.load(tmp_path / f"bases{rank}.pt") for rank in range(2)]
     torch.testing.assert_close(bases[0], bases[1], rtol=0, atol=0)
     # mmseg: each process's batch mean of the final bases, averaged over processes
