@@ -261,14 +261,28 @@ def verdict(table: Path) -> tuple[bool, str]:
     return holds, "\n".join(lines) + "\n"
 
 
-def _run_verdict(out: Path, tag: str) -> int:
-    table = out / f"attention-{tag}-pam-bfloat16-train.json"
+def write_verdict(folder: Path, tag: str) -> bool | None:
+    """Check the ``pam-bfloat16-train`` table in ``folder``, print the report and write it
+    as ``acceptance-<tag>.md`` there; whether the target holds, None without a table.
+
+    Args:
+        folder: where the piece wrote its table.
+        tag: device and torch tag of the file names.
+    """
+    table = folder / f"attention-{tag}-pam-bfloat16-train.json"
     if not table.exists():
-        print(f"no {table}: run the pam-bfloat16-train piece first", file=sys.stderr)
-        return 1
+        return None
     holds, report = verdict(table)
-    (out / f"acceptance-{tag}.md").write_text(report)
-    print(report)
+    (folder / f"acceptance-{tag}.md").write_text(report)
+    print(report, flush=True)
+    return holds
+
+
+def _run_verdict(out: Path, tag: str) -> int:
+    holds = write_verdict(out, tag)
+    if holds is None:
+        print(f"no {out / f'attention-{tag}-pam-bfloat16-train.json'}: run the "
+              "pam-bfloat16-train piece first", file=sys.stderr)  # fmt: skip
     return 0 if holds else 1
 
 
@@ -361,14 +375,9 @@ def lease(out: Path, work: Path, tag: str, minutes: float, dry_run: bool = False
             rows.append((name, "not started: no time left", 0.0))
             continue
         if name == "verdict":
-            table = work / f"attention-{tag}-pam-bfloat16-train.json"
-            if table.exists():
-                holds, report = verdict(table)
-                (work / f"acceptance-{tag}.md").write_text(report)
-                print(report, flush=True)
-                status = f"ok (target {'met' if holds else 'not met'})"
-            else:
-                status = "no table: pam-bfloat16-train did not write one"
+            holds = write_verdict(work, tag)
+            status = ("no table: pam-bfloat16-train did not write one" if holds is None
+                      else f"ok (target {'met' if holds else 'not met'})")  # fmt: skip
         else:
             status = "ok"
             stop = min(deadline, started + LEASE_PIECE_SHARE * 60 * minutes)
