@@ -6,7 +6,9 @@ backward, in float32 or under autocast (float16 / bfloat16).
 
 PAM's ``sdpa`` backend also runs as variants: its value width forced into
 ``--value-splits`` parts, and forced onto each of ``--kernels`` (each kernel's cheapest
-split, and each forced split); a variant that no fused kernel takes is reported
+split, and each forced split); with ``--chunked-backward``, training cases of the fused
+forward with the chunked backward (the dispatch's plan and each kernel's cheapest: a
+candidate of ``auto`` on CUDA); a variant that no fused kernel takes is reported
 "rejected". The table names the plan that ran (``flash 8x64/64``: 8 value parts, query/key
 and part widths 64). ``direct`` is a reference, not a package backend: torch's
 memory-efficient kernel called as people call it, on the module's q, k, v in the
@@ -26,7 +28,8 @@ Measurement (``benchmarks/harness.py``):
   against the device's ceiling measured in the same run with a large matmul.
 
 Outputs (in ``--out``): ``<stem>.json`` with every case, ``<stem>.md`` with the
-table, and ``<stem>-<block>-<mode>-<dtype>.png`` plots (time and peak memory vs N,
+table (both rewritten after every case, so that a run stopped midway leaves the cases it
+finished), and ``<stem>-<block>-<mode>-<dtype>.png`` plots (time and peak memory vs N,
 log-log, one line per backend) when matplotlib is installed.
 
 Examples::
@@ -72,7 +75,13 @@ from harness import (
 )
 
 from attnblocks import CAM, PAM
-from attnblocks.functional import _autotune, _precision, _sdpa, last_attention_backend
+from attnblocks.functional import (
+    _autotune,
+    _fused_forward,
+    _precision,
+    _sdpa,
+    last_attention_backend,
+)
 
 PAM_BACKENDS = ("bmm", "chunked", "sdpa", "auto")
 REFERENCES = ("direct",)  # not package backends: see the module docstring
@@ -101,6 +110,7 @@ class Case:
     )
     value_split: int | None = None  # sdpa: forced number of value parts
     kernel: str | None = None  # sdpa: forced fused kernel ("flash", "efficient", "cudnn")
+    chunked_backward: bool = False  # sdpa training: the fused forward, the chunked backward
 
     @property
     def variant(self) -> str:
@@ -108,6 +118,8 @@ class Case:
         forced = [part for part in (self.kernel,) if part]
         if self.value_split is not None:
             forced.append(f"split {self.value_split}")
+        if self.chunked_backward:
+            forced.append("chunked backward")
         return self.backend + (f" [{', '.join(forced)}]" if forced else "")
 
 
@@ -248,7 +260,8 @@ def _ran(case: Case) -> tuple[str | None, str | None]:
 
 def _rejected(case: Case) -> bool:
     """Whether an sdpa variant did not run as forced (no fused kernel took it)."""
-    if case.backend != "sdpa" or (case.kernel is None and case.value_split is None):
+    forced = case.kernel is not None or case.value_split is not None or case.chunked_backward
+    if case.backend != "sdpa" or not forced:
         return False
     plan = _sdpa.last_sdpa_plan()
     return last_attention_backend() != "sdpa" or (
@@ -265,7 +278,8 @@ def measure_case(case: Case, repeats: int, long_case_seconds: float) -> dict:
         for dtype in _precision.LOW_PRECISION_DTYPES:
             _precision._LOW_PRECISION_IS_FASTER[(device.type, dtype)] = case.value_path == "low"
     try:
-        with only_kernel(device.type, case.kernel), warnings.catch_warnings():
+        backward = _fused_forward.chunked_backward(case.chunked_backward)
+        with only_kernel(device.type, case.kernel), backward, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a rejected variant's fallback warning
             # A small copy of the case first: code pages and library workspaces loaded on
             # first use would otherwise count as the case's memory.
@@ -310,14 +324,17 @@ def measure_isolated(case: Case, repeats: int, long_case_seconds: float) -> Resu
     return Result(**payload)
 
 
-def _variants(block: str, backend: str, args: argparse.Namespace) -> list[tuple]:
-    """(chunk size, value split, kernel) of every case of one backend."""
+def _variants(block: str, backend: str, mode: str, args: argparse.Namespace) -> list[tuple]:
+    """(chunk size, value split, kernel, chunked backward) of every case of one backend."""
     if block == "pam" and backend == "chunked":
-        return [(chunk, None, None) for chunk in [None, *args.chunk_sizes]]
+        return [(chunk, None, None, False) for chunk in [None, *args.chunk_sizes]]
     if block == "pam" and backend == "sdpa":
-        splits = [None, *args.value_splits]
-        return [(None, split, kernel) for kernel in [None, *args.kernels] for split in splits]
-    return [(None, None, None)]
+        splits, kernels = [None, *args.value_splits], [None, *args.kernels]
+        variants = [(None, split, kernel, False) for kernel in kernels for split in splits]
+        if args.chunked_backward and mode == "train":
+            variants += [(None, None, kernel, True) for kernel in kernels]
+        return variants
+    return [(None, None, None, False)]
 
 
 def make_cases(args: argparse.Namespace) -> list[Case]:
@@ -328,13 +345,15 @@ def make_cases(args: argparse.Namespace) -> list[Case]:
         for dtype in args.dtypes:
             for mode in args.modes:
                 for backend in backends:
-                    for chunk_size, value_split, kernel in _variants(block, backend, args):
+                    for chunk_size, split, kernel, chunked_backward in _variants(
+                        block, backend, mode, args
+                    ):
                         for positions in args.sizes:
                             height, width = map_shape(positions)
                             cases.append(
                                 Case(block, backend, chunk_size, dtype, mode, positions, height,
                                      width, args.channels, args.batch, args.device,
-                                     args.value_path, value_split, kernel)
+                                     args.value_path, split, kernel, chunked_backward)
                             )  # fmt: skip
     return cases
 
@@ -464,6 +483,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["flash", "efficient", "cudnn"],
         help="extra sdpa cases forced onto each of these fused kernels (with each split)",
     )
+    add("--chunked-backward", action="store_true",
+        help="extra sdpa training cases: the fused forward with the chunked backward (the "
+             "dispatch's plan and each of --kernels)")  # fmt: skip
     add("--chunk-sizes", nargs="*", type=int, default=[256, 1024],
         help="explicit chunk sizes for the chunked backend, besides its default")  # fmt: skip
     add("--sizes", nargs="+", type=int, default=FULL_SIZES, help="numbers of positions N")
@@ -505,7 +527,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
     free = free_memory_bytes() if args.device == "cpu" else None
     results: list[Result] = []
     given_up: dict[tuple, str] = {}
-    for case in make_cases(args):
+    cases = make_cases(args)
+    stem = args.stem or default_stem(args.device) + ("-quick" if args.quick else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for case in cases:
         config = (case.block, case.backend, case.chunk_size, case.dtype, case.mode)
         if config in given_up:
             result = Result(**dataclasses.asdict(case), status="skipped", detail=given_up[config])
@@ -524,14 +549,46 @@ def main(argv: list[str] | None = None) -> list[Result]:
             given_up[config] = f"out of memory at N={case.positions}"
         results.append(result)
         print(_progress_line(result), flush=True)
+        # Rewritten after every case: a run stopped midway keeps what it measured.
+        table = write_tables(args, argv, stem, name, ceilings, results, len(cases), started)
 
+    plots = plot(results, args.out, stem)
+    print()
+    print(table if results else "no cases")
+    print(f"wrote {args.out / stem}.json, .md and {len(plots)} plots in "
+          f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+    return results
+
+
+def write_tables(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    stem: str,
+    name: str,
+    ceilings: dict[str, float],
+    results: list[Result],
+    planned: int,
+    started: float,
+) -> str:
+    """Write ``<stem>.json`` and ``<stem>.md`` for the cases measured so far; the table.
+
+    Args:
+        args: the command line.
+        argv: the arguments as given (None: ``sys.argv``).
+        stem: the file names' stem.
+        name: the device, in words.
+        ceilings: matmul ceilings per dtype.
+        results: the cases measured so far.
+        planned: how many cases the run has.
+        started: ``time.perf_counter()`` at the start.
+    """
     duration = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.stem or default_stem(args.device) + ("-quick" if args.quick else "")
+    progress = "" if len(results) == planned else f" (partial: {len(results)} of {planned} cases)"
     header = (
         f"Device: {name}; torch {torch.__version__}; C={args.channels}, B={args.batch}; "
         f"matmul ceiling (GFLOP/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items())
-        + f"; memory: {results[0].memory_method if results else '-'}; run took {duration:.0f} s."
+        + f"; memory: {results[0].memory_method if results else '-'}; run took {duration:.0f} s"
+        + f"{progress}."
     )  # fmt: skip
     table = markdown_table(results, ceilings, header)
     payload = {
@@ -542,16 +599,13 @@ def main(argv: list[str] | None = None) -> list[Result]:
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
         ),
         "seconds": duration,
+        "planned_cases": planned,
         "ceiling_gflops": ceilings,
         "cases": [dataclasses.asdict(r) for r in results],
     }
     (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
     (args.out / f"{stem}.md").write_text(table)
-    plots = plot(results, args.out, stem)
-    print()
-    print(table)
-    print(f"wrote {args.out / stem}.json, .md and {len(plots)} plots in {duration:.0f} s")
-    return results
+    return table
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ whatever this device is, by presetting that decision. The contract: every backen
 error, for every quantity, at most 1.5x bmm's in the same setting.
 
 "sdpa inference" is the forward alone, without autograd, where the sdpa backend feeds
-its fused kernel split low-precision queries and keys; the row marked "(rejected)"
-measures what the package does not ship: that kernel WITH gradients.
+its fused kernel split low-precision queries and keys; "sdpa, chunked backward" is that
+forward with the chunked backend's backward (a candidate of ``"auto"`` for training on
+CUDA); the row marked "(rejected)" measures what the package does not ship: the
+kernel's own backward on the split queries and keys.
 
 Examples::
 
@@ -44,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness, 
 from harness import default_out_dir, device_name, device_tag, torch_tag
 
 from attnblocks import PAM
-from attnblocks.functional import _precision, _sdpa, position
+from attnblocks.functional import _fused_forward, _precision, _sdpa, position
 
 SETTINGS = (
     "float32",
@@ -71,6 +73,8 @@ VARIANTS = (
     ("chunked", "float32"),
     ("sdpa", "float32"),  # with gradients sdpa runs float32 whatever the device
     ("sdpa inference", "low"),  # forward only: the fused kernel on split queries/keys
+    ("sdpa, chunked backward", "low"),  # that forward, with gradients from the chunked backward
+    ("sdpa, chunked backward", "float32"),
     ("sdpa split (rejected)", "low"),
 )
 CONTRACT_RATIO = 1.5
@@ -185,7 +189,7 @@ def measure(
     Args:
         setting: one of :data:`SETTINGS`.
         backend: ``"bmm"``, ``"chunked"``, ``"sdpa"``, ``"auto"``, ``"sdpa inference"``
-            (forward only) or ``"sdpa split (rejected)"``.
+            (forward only), ``"sdpa, chunked backward"`` or ``"sdpa split (rejected)"``.
         low_is_fast: run the low-precision value path (True) or the float32 one.
         channels: PAM channels (query/key width ``channels // 8``).
         size: ``(H, W)`` of the map.
@@ -209,7 +213,9 @@ def measure(
         pam.backend = "sdpa" if backend.startswith("sdpa") else backend
         pam.chunk_size = 37  # several chunks, the last one short
         split = split_with_gradients() if "split" in backend else contextlib.nullcontext()
-        with value_path(low_is_fast), split:
+        chunked = "chunked backward" in backend
+        forced = _fused_forward.chunked_backward() if chunked else contextlib.nullcontext()
+        with value_path(low_is_fast), split, forced:
             ours.append(forward_backward(pam, x, setting, train="inference" not in backend))
     return relative_errors(ours, reference)
 

@@ -22,9 +22,10 @@ The pieces:
   32768, 65536, float32 or
   bfloat16/float16 autocast, forward or forward + backward: bmm, chunked (its default
   and 1024), sdpa (the dispatch's plan, each forced value split 1/2/4/8, each kernel
-  forced with each split), auto (and what its measurement timed), and ``direct``
-  (torch's memory-efficient kernel called on the autocast-dtype q, k, v): time and peak
-  memory, tables and plots.
+  forced with each split; in training also the fused forward with the chunked backward),
+  auto (and what its measurement timed), and ``direct`` (torch's memory-efficient kernel
+  called on the autocast-dtype q, k, v): time and peak memory, tables and plots. The
+  tables are rewritten after every case, so a piece stopped midway keeps its rows.
 - ``cam``: CAM at the same sizes.
 - ``danet-<dtype>``: DANet R-50/R-101 inference and training steps per backend, batch 1.
 - ``steps-danet-<dtype>``, ``steps-ccnet``: whole training steps at 769x769 and
@@ -138,12 +139,14 @@ def pieces(out: Path, tag: str) -> dict[str, list[list[str]]]:
     result = {"tests": [tests, precision]}
     for dtype in ("float32", "bfloat16", "float16"):
         for mode in ("forward", "train"):
+            # The verdict's rows (bmm, auto, direct) first: a piece stopped midway keeps them.
+            hybrid = ["--chunked-backward"] if mode == "train" else []
             result[f"pam-{dtype}-{mode}"] = [
                 _attention(f"attention-{tag}-pam-{dtype}-{mode}", "--blocks", "pam",
                            "--dtypes", dtype, "--modes", mode, "--sizes", *PAM_SIZES,
-                           "--backends", "bmm", "chunked", "sdpa", "auto", "direct",
+                           "--backends", "bmm", "auto", "direct", "chunked", "sdpa",
                            "--value-splits", "1", "2", "4", "8",
-                           "--kernels", "cudnn", "flash", "efficient",
+                           "--kernels", "cudnn", "flash", "efficient", *hybrid,
                            "--chunk-sizes", "1024", "--out", str(out))
             ]  # fmt: skip
     result["cam"] = [
@@ -228,7 +231,7 @@ def verdict(table: Path) -> tuple[bool, str]:
     payload = json.loads(table.read_text())
     cases = [c for c in payload["cases"] if c["status"] == "ok"]
     select = {"dtype": "bfloat16", "mode": "train", "positions": VERDICT_POSITIONS,
-              "value_split": None, "kernel": None}  # fmt: skip
+              "value_split": None, "kernel": None, "chunk_size": None}  # fmt: skip
     auto = _case(cases, backend="auto", **select)
     bmm = _case(cases, backend="bmm", **select)
     direct = _case(cases, backend="direct", **select)
@@ -257,8 +260,31 @@ def verdict(table: Path) -> tuple[bool, str]:
         ok = value >= bound if sense == ">=" else value <= bound
         holds = holds and ok
         lines.append(f"- {name} = {value:.3f} (needs {sense} {bound}): {'yes' if ok else '**no**'}")
-    lines += ["", f"Holds: {'yes' if holds else '**no**'}"]
+    # Every package variant at this size, fastest first: what auto could have run.
+    same_size = {"dtype": "bfloat16", "mode": "train", "positions": VERDICT_POSITIONS}
+    rows = [c for c in cases if c["backend"] != "direct"
+            and all(c.get(k) == v for k, v in same_size.items())]  # fmt: skip
+    lines += ["", f"Holds: {'yes' if holds else '**no**'}", "",
+              f"All rows at N={VERDICT_POSITIONS}, fastest first:", ""]  # fmt: skip
+    for row in sorted(rows, key=lambda c: c["seconds"]):
+        plan = f" ({row['ran_plan']})" if row.get("ran_plan") else ""
+        if row["backend"] == "auto":
+            plan = f" -> {row['ran_backend']}{plan}"
+        lines.append(f"- {_variant(row)}{plan}: {row['seconds'] * 1e3:.1f} ms, "
+                     f"{row['peak_bytes'] / 2**20:.0f} MiB")  # fmt: skip
     return holds, "\n".join(lines) + "\n"
+
+
+def _variant(row: dict) -> str:
+    """A table row's backend with what was forced on it (``sdpa [flash, split 2]``)."""
+    forced = [row["kernel"]] if row.get("kernel") else []
+    if row.get("value_split") is not None:
+        forced.append(f"split {row['value_split']}")
+    if row.get("chunk_size") is not None:
+        forced.append(f"chunk {row['chunk_size']}")
+    if row.get("chunked_backward"):
+        forced.append("chunked backward")
+    return row["backend"] + (f" [{', '.join(forced)}]" if forced else "")
 
 
 def write_verdict(folder: Path, tag: str) -> bool | None:

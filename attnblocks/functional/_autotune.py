@@ -10,8 +10,9 @@ times every candidate on inputs of the call's shapes, drawn from a generator of 
 - bmm is a candidate only where its ``N x N`` matrices fit for every size of the class
   (the memory rule of :func:`attnblocks.functional.select_position_backend`); a
   candidate that runs out of memory, or a fused kernel that torch turns down, drops out.
-- Candidates come in the order sdpa plans, chunked, bmm (least memory first); one within
-  2% of the fastest time wins over a later one.
+- Candidates come in the order sdpa plans, then for training calls the same kernels'
+  forward with the chunked backward (``_fused_forward.py``), chunked, bmm (least memory
+  first); one within 2% of the fastest time wins over a later one.
 - Under ``torch.distributed`` with gradients (a training step, which every rank runs),
   rank 0 measures and broadcasts its choice so every rank runs the same backend; the
   other ranks wait and measure nothing. Every rank must meet a new shape class at the
@@ -50,24 +51,30 @@ _LOCK = threading.RLock()
 
 
 class Candidate(NamedTuple):
-    """A backend ``"auto"`` can run: its name, and for ``"sdpa"`` the value split and kernel.
+    """A backend ``"auto"`` can run: its name, and for ``"sdpa"`` the value split, kernel and
+    backward.
 
     Attributes:
         backend: ``"bmm"``, ``"chunked"`` or ``"sdpa"``.
         value_split: parts of the value width (None: the kernel's cheapest split).
         kernel: the fused kernel (``"flash"``, ``"efficient"``, ``"cudnn"``), None for any.
+        chunked_backward: ``"sdpa"`` with gradients: the fused forward with the chunked
+            backward (``_fused_forward.py``) instead of the kernel's own backward.
     """
 
     backend: str
     value_split: int | None = None
     kernel: str | None = None
+    chunked_backward: bool = False
 
     @property
     def label(self) -> str:
-        """``"sdpa[cudnn]"``, ``"sdpa[flash, split 8]"``, ``"chunked"``..."""
+        """``"sdpa[cudnn]"``, ``"sdpa[flash, split 8, chunked backward]"``, ``"chunked"``..."""
         details = [part for part in (self.kernel,) if part]
         if self.value_split is not None:
             details.append(f"split {self.value_split}")
+        if self.chunked_backward:
+            details.append("chunked backward")
         return f"{self.backend}[{', '.join(details)}]" if details else self.backend
 
 

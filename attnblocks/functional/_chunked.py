@@ -84,10 +84,11 @@ def _forward(query: Tensor, key: Tensor, value: Tensor, chunk_size: int) -> tupl
     """The output ``(B, N_q, D_v)`` and the rows' log-sum-exp ``(B, N_q)``, chunk by chunk.
 
     ``query`` and ``key`` share the compute dtype (float32 or float64): energies, softmax,
-    its row statistics and, in :func:`_backward`, the score gradients ``dS``, ``dQ``, ``dK``
-    run in it. ``value`` sets the value path's dtype: the compute dtype, or float16/bfloat16
-    for mixed precision, where the probabilities are rounded to it for ``P V`` and backward
-    runs ``dV = P^T dO`` and ``dP = dO V^T`` in it, as the naive computation under autocast does.
+    its row statistics and, in :func:`backward_from_log_sum_exp`, the score gradients
+    ``dS``, ``dQ``, ``dK`` run in it. ``value`` sets the value path's dtype: the compute
+    dtype, or float16/bfloat16 for mixed precision, where the probabilities are rounded to
+    it for ``P V`` and backward runs ``dV = P^T dO`` and ``dP = dO V^T`` in it, as the naive
+    computation under autocast does.
     """
     batch, query_positions, _ = query.shape
     mixed = value.dtype != query.dtype
@@ -113,20 +114,27 @@ def _forward(query: Tensor, key: Tensor, value: Tensor, chunk_size: int) -> tupl
     return out, log_sum_exp
 
 
-def _backward(
+def backward_from_log_sum_exp(
     grad_out: Tensor,
     saved: tuple[Tensor, ...],
     chunk_size: int,
     needs: tuple[bool, bool, bool],
+    normalise_rows: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Gradients of query, key and value (None where not needed), recomputing each chunk's
-    probabilities from the saved log-sum-exp.
+    probabilities from the saved log-sum-exp (the chunked forward's, or a fused kernel's:
+    ``_fused_forward.py``).
 
     Args:
         grad_out: ``(B, N_q, D_v)`` gradient of the output.
         saved: ``(query, key, value, out, log_sum_exp)`` of the forward.
         chunk_size: query positions per chunk.
         needs: whether the query, key and value gradients are wanted.
+        normalise_rows: divide each recomputed row of probabilities by its sum, for a
+            log-sum-exp that is not the float32 one of these queries and keys (a fused
+            kernel's, on split low-precision ones): rows that sum to ``1 + e`` would leave
+            ``e`` times the softmax correction in every row of ``dS``, a false key-bias
+            gradient. One more pass over each block.
     """
     query, key, value, out, log_sum_exp = saved
     need_query, need_key, need_value = needs
@@ -147,6 +155,8 @@ def _backward(
         for rows in _chunks(query.shape[1], chunk_size):
             probs = torch.bmm(query[:, rows], key_t, out=probs_buffer.block(rows))  # scores...
             probs.sub_(log_sum_exp[:, rows, None]).exp_()  # ... recomputed into P in place
+            if normalise_rows:
+                probs.div_(probs.sum(dim=-1, keepdim=True))
             grad_out_rows = grad_out[:, rows]
             if value_part is not None:
                 probs_rounded = rounded.block(rows).copy_(probs)  # P as the forward used it
@@ -182,7 +192,8 @@ def _backward(
 
 
 class _ChunkedPositionAttention(torch.autograd.Function):
-    """softmax(q k^T) v over query chunks (:func:`_forward`, :func:`_backward`), eager."""
+    """softmax(q k^T) v over query chunks (:func:`_forward` and
+    :func:`backward_from_log_sum_exp`), eager."""
 
     @staticmethod
     def forward(
@@ -197,7 +208,8 @@ class _ChunkedPositionAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         needs = tuple(ctx.needs_input_grad[:3])
-        return (*_backward(grad_out, ctx.saved_tensors, ctx.chunk_size, needs), None)
+        grads = backward_from_log_sum_exp(grad_out, ctx.saved_tensors, ctx.chunk_size, needs)
+        return (*grads, None)
 
 
 # torch.compile: the loop as one opaque operator. Traced inline, its Python loop would unroll
@@ -221,7 +233,7 @@ if hasattr(torch.library, "custom_op"):  # torch >= 2.4
     def _chunked_operator(
         query: Tensor, key: Tensor, value: Tensor, chunk_size: int
     ) -> tuple[Tensor, Tensor]:
-        return _forward(query, key, value, _resolve_chunk_size(chunk_size, query, key, value))
+        return _forward(query, key, value, resolve_chunk_size(chunk_size, query, key, value))
 
     @_chunked_operator.register_fake
     def _(query: Tensor, key: Tensor, value: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -247,9 +259,9 @@ if hasattr(torch.library, "custom_op"):  # torch >= 2.4
         chunk_size: int,
         needs: list[bool],
     ) -> tuple[Tensor, Tensor, Tensor]:
-        chunk_size = _resolve_chunk_size(chunk_size, query, key, value)
+        chunk_size = resolve_chunk_size(chunk_size, query, key, value)
         saved = (query, key, value, out, log_sum_exp)
-        grads = _backward(grad_out, saved, chunk_size, tuple(needs))
+        grads = backward_from_log_sum_exp(grad_out, saved, chunk_size, tuple(needs))
         return tuple(_empty_if_none(g, like) for g, like in zip(grads, (query, key, value)))
 
     @_chunked_backward_operator.register_fake
@@ -282,7 +294,7 @@ def _exporting() -> bool:
     return flag if flag is not None else getattr(torch.compiler, "is_exporting", lambda: False)()
 
 
-def _resolve_chunk_size(chunk_size: int, query: Tensor, key: Tensor, value: Tensor) -> int:
+def resolve_chunk_size(chunk_size: int, query: Tensor, key: Tensor, value: Tensor) -> int:
     """``chunk_size``, or for 0 the one that fits :data:`DEFAULT_CHUNK_MEMORY`."""
     if chunk_size > 0:
         return chunk_size
@@ -309,5 +321,5 @@ def chunked_position_attention(
     if torch.compiler.is_compiling() and not _exporting() and _chunked_operator is not None:
         # The chunk size is resolved inside, on concrete sizes: no guard on the map size here.
         return _chunked_operator(query, key, value, chunk_size or 0)[0]
-    chunk_size = _resolve_chunk_size(chunk_size or 0, query, key, value)
+    chunk_size = resolve_chunk_size(chunk_size or 0, query, key, value)
     return _ChunkedPositionAttention.apply(query, key, value, chunk_size)

@@ -444,6 +444,64 @@ def _run(kernel: str, query: Tensor, key: Tensor, value: Tensor) -> Tensor | Non
         return None
 
 
+def kernel_operands(query: Tensor, key: Tensor, value: Tensor, grad: bool) -> tuple[Tensor, ...]:
+    """q, k and v in the one dtype a fused kernel takes, before splitting and padding.
+
+    With a low-precision value path, queries and keys become the split low-precision
+    ``q'``, ``k'`` of :func:`split_query_key` when the kernel's backward will not run
+    (``grad`` False) and they fit float16's range; else the value is raised to the
+    queries' dtype (the kernel runs in float32).
+
+    Args:
+        query: ``(B, N_q, D)`` in the compute dtype.
+        key: ``(B, N_k, D)`` in the compute dtype.
+        value: ``(B, N_k, D_v)`` in the value path's dtype.
+        grad: whether the kernel's own backward will run.
+    """
+    if value.dtype == query.dtype:
+        return query, key, value
+    # Gradients: the fused backward rounds dQ and dK to the low dtype and takes its softmax
+    # correction from the rounded output, which misses the precision contract
+    # (docs/precision.md); queries or keys beyond float16's range do not split.
+    split = None if grad else split_query_key(query, key, value.dtype)
+    if split is not None and _fits(split):
+        return (*split, value)
+    return query, key, value.to(query.dtype)
+
+
+def accepted_plans(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    value_split: int | None = None,
+    kernel: str | None = None,
+) -> Iterator[tuple[KernelPlan, tuple[Tensor, Tensor, Tensor]]]:
+    """Each plan of :func:`plans_for` that torch accepts, with its kernel inputs, in order.
+
+    Args:
+        query: ``(B, N_q, D)`` in the kernel's dtype.
+        key: ``(B, N_k, D)`` in the kernel's dtype.
+        value: ``(B, N_k, D_v)`` in the kernel's dtype.
+        value_split: force this many value parts; None: the cheapest per kernel.
+        kernel: only this kernel's plan; None: every kernel's.
+    """
+    for plan in plans_for(query, key, value, value_split, kernel):
+        inputs = kernel_inputs(query, key, value, plan)
+        if _torch_accepts(plan.kernel, *inputs):
+            yield plan, inputs
+
+
+def record_plan(plan: KernelPlan) -> None:
+    """Remember the plan that ran this thread's last fused call (:func:`last_sdpa_plan`)."""
+    if not torch.compiler.is_compiling():
+        _record.plan = plan
+
+
+def merge_parts(out: Tensor, value_width: int) -> Tensor:
+    """The kernel's ``(B, parts, N_q, part width)`` output as ``(B, N_q, value_width)``."""
+    return rearrange(out, "b p n w -> b n (p w)")[..., :value_width]
+
+
 def sdpa_position_attention(
     query: Tensor,
     key: Tensor,
@@ -468,25 +526,11 @@ def sdpa_position_attention(
     """
     if sdpa_kernel is None or query.dtype not in _FUSED_DTYPES:
         return None
-    if value.dtype != query.dtype:
-        # Gradients: the fused backward rounds dQ and dK to the low dtype and takes its
-        # softmax correction from the rounded output, which misses the precision contract
-        # (docs/precision.md); queries or keys beyond float16's range do not split.
-        # Float32 kernel then.
-        split = None if needs_grad(query, key, value) else split_query_key(query, key, value.dtype)
-        if split is not None and _fits(split):
-            query, key = split
-        else:
-            value = value.to(query.dtype)
     value_width = value.shape[-1]
-    for plan in plans_for(query, key, value, value_split, kernel):
-        q, k, v = kernel_inputs(query, key, value, plan)
-        if not _torch_accepts(plan.kernel, q, k, v):
-            continue
-        out = _run(plan.kernel, q, k, v)  # (B, parts, N_q, part width)
-        if out is None:
-            continue
-        if not torch.compiler.is_compiling():
-            _record.plan = plan
-        return rearrange(out, "b p n w -> b n (p w)")[..., :value_width]
+    operands = kernel_operands(query, key, value, needs_grad(query, key, value))
+    for plan, inputs in accepted_plans(*operands, value_split, kernel):
+        out = _run(plan.kernel, *inputs)  # (B, parts, N_q, part width)
+        if out is not None:
+            record_plan(plan)
+            return merge_parts(out, value_width)
     return None

@@ -33,6 +33,7 @@ from ._backends import (
     record_backend,
 )
 from ._chunked import chunked_position_attention
+from ._fused_forward import chunked_backward_forced, fused_forward_attention, wants_fused_forward
 from ._precision import (
     attention_dtype,
     autocast_disabled,
@@ -272,6 +273,8 @@ def _probed_backend(
                   key_class, chunk_size, value_split)  # fmt: skip
     kernels = KERNELS_BY_DEVICE[device.type]
     candidates = [Candidate("sdpa", value_split, kernel) for kernel in kernels]
+    if training:  # the fused forward with the chunked backward: tensor cores, the contract held
+        candidates += [Candidate("sdpa", value_split, kernel, True) for kernel in kernels]
     candidates.append(Candidate("chunked"))
     if _bmm_fits(query, query_class, key_class):  # for the largest sizes of the class
         candidates.append(Candidate("bmm"))
@@ -298,8 +301,9 @@ def _probe_runner(
 
     def run(candidate: Candidate) -> bool:
         with torch.set_grad_enabled(training):
-            out, ran = _attend(*inputs, candidate.backend, chunk_size, None,
-                               candidate.value_split, candidate.kernel, fallback=False)  # fmt: skip
+            backend, split, kernel, chunked_backward = candidate
+            out, ran = _attend(*inputs, backend, chunk_size, None, split, kernel,
+                               chunked_backward, fallback=False)  # fmt: skip
             if out is None or ran != candidate.backend:
                 return False
             if training:
@@ -354,10 +358,10 @@ def _resolve(
     """The backend, value split and kernel a call runs."""
     check_backend(backend, POSITION_BACKENDS)
     if backend != "auto":
-        return Candidate(backend, value_split)
+        return Candidate(backend, value_split, chunked_backward=chunked_backward_forced())
     override = get_attention_backend()
     if override is not None:
-        return Candidate(override, value_split)
+        return Candidate(override, value_split, chunked_backward=chunked_backward_forced())
     return _automatic_backend(query, key, value, chunk_size, value_split)
 
 
@@ -370,10 +374,12 @@ def _attend(
     scale: float | None,
     value_split: int | None = None,
     kernel: str | None = None,
+    chunked_backward: bool = False,
     fallback: bool = True,
 ) -> tuple[Tensor | None, str | None]:
     """The attended values by backend ``name`` and the backend that ran; ``(None, None)``
-    when ``"sdpa"`` finds no fused kernel and ``fallback`` is False."""
+    when ``"sdpa"`` finds no fused kernel and ``fallback`` is False. ``chunked_backward``:
+    an ``"sdpa"`` call with gradients runs the fused forward with the chunked backward."""
     value_dtype = value.dtype
     if name == "bmm":
         return _position_attention_bmm(query, key, value, scale).to(value_dtype), name
@@ -382,7 +388,10 @@ def _attend(
     value = value.to(value_path_dtype(value, dtype))  # low precision where it is faster
     out = None
     if name == "sdpa":
-        out = sdpa_position_attention(query, key, value, value_split, kernel)
+        if wants_fused_forward(query, key, value, chunked_backward):
+            out = fused_forward_attention(query, key, value, value_split, kernel, chunk_size)
+        else:
+            out = sdpa_position_attention(query, key, value, value_split, kernel)
         if out is None:
             if not fallback:
                 return None, None
@@ -457,6 +466,6 @@ def position_attention(
     value_split = _check_value_split(value_split, value)
     choice = _resolve(query, key, value, backend, value_split, chunk_size)
     out, ran = _attend(query, key, value, choice.backend, chunk_size, scale, choice.value_split,
-                       choice.kernel)  # fmt: skip
+                       choice.kernel, choice.chunked_backward)  # fmt: skip
     record_backend(ran)
     return out

@@ -17,7 +17,7 @@ CASE_FIELDS = {
     "block", "backend", "chunk_size", "dtype", "mode", "positions", "height", "width",
     "channels", "batch", "device", "status", "detail", "ran_backend", "seconds", "repeats",
     "peak_bytes", "memory_method", "gflop", "gflops", "value_path", "value_split", "kernel",
-    "ran_plan", "probe",
+    "ran_plan", "probe", "chunked_backward",
 }  # fmt: skip
 
 
@@ -101,17 +101,67 @@ def test_forced_value_path_reaches_the_rule_and_the_table(monkeypatch, value_pat
 
 
 @pytest.mark.parametrize(
-    ("value_split", "kernel", "status", "plan", "label"),
+    ("value_split", "kernel", "hybrid", "status", "plan", "label"),
     [
-        (None, None, "ok", "flash 8x2/2", "| sdpa -> flash 8x2/2 |"),
-        (2, None, "ok", "flash 2x8/8", "| sdpa [split 2] -> flash 2x8/8 |"),
-        (None, "efficient", "rejected", None, "| sdpa [efficient] |"),  # a CUDA kernel
+        (None, None, False, "ok", "flash 8x2/2", "| sdpa -> flash 8x2/2 |"),
+        (2, None, False, "ok", "flash 2x8/8", "| sdpa [split 2] -> flash 2x8/8 |"),
+        (None, "efficient", False, "rejected", None, "| sdpa [efficient] |"),  # a CUDA kernel
+        (None, None, True, "ok", "flash 8x2/2", "| sdpa [chunked backward] -> flash 8x2/2 |"),
+        (None, "efficient", True, "rejected", None, "| sdpa [efficient, chunked backward] |"),
     ],
 )  # fmt: skip
-def test_sdpa_variants_report_the_plan_that_ran(value_split, kernel, status, plan, label):
+def test_sdpa_variants_report_the_plan_that_ran(value_split, kernel, hybrid, status, plan, label):
     script = load_script()
-    case = script.Case("pam", "sdpa", None, "float32", "forward", 64, 8, 8, 16, 1, "cpu",
-                       "measured", value_split, kernel)  # fmt: skip
+    case = script.Case("pam", "sdpa", None, "float32", "train", 64, 8, 8, 16, 1, "cpu",
+                       "measured", value_split, kernel, hybrid)  # fmt: skip
     result = script.Result(**script.measure_case(case, repeats=1, long_case_seconds=1.0))
     assert (result.status, result.ran_plan) == (status, plan)
     assert label in script.markdown_table([result], {}, "header")
+
+
+def test_the_chunked_backward_cases_run_the_fused_forward_with_the_chunked_backward(monkeypatch):
+    from attnblocks.functional import _fused_forward
+
+    script = load_script()
+    ran = []
+    real = _fused_forward.backward_from_log_sum_exp
+
+    def counted(*args, **kwargs):
+        ran.append(kwargs.get("normalise_rows"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_fused_forward, "backward_from_log_sum_exp", counted)
+    case = script.Case("pam", "sdpa", None, "float32", "train", 64, 8, 8, 16, 1, "cpu",
+                       "measured", None, None, True)  # fmt: skip
+    assert script.measure_case(case, repeats=1, long_case_seconds=1.0)["status"] == "ok"
+    assert ran and all(ran)  # the hybrid's backward ran (small warm-up, warm-up, timed run)
+    args = script.parse_args(["--chunked-backward", "--blocks", "pam", "--backends", "sdpa",
+                              "--kernels", "flash", "--sizes", "64"])  # fmt: skip
+    variants = [(c.mode, c.variant) for c in script.make_cases(args)]
+    assert variants.count(("train", "sdpa [chunked backward]")) == 2  # float32 and bfloat16
+    assert variants.count(("train", "sdpa [flash, chunked backward]")) == 2
+    assert not [v for mode, v in variants if mode == "forward" and "chunked backward" in v]
+
+
+def test_a_run_stopped_midway_keeps_the_cases_it_measured(monkeypatch, tmp_path):
+    script = load_script()
+    measured = []
+
+    def fake_measure(case, repeats, long_case_seconds):
+        if len(measured) == 3:
+            raise KeyboardInterrupt  # the lease stops the piece here
+        measured.append(case)
+        fields = dict(seconds=0.01, repeats=1, peak_bytes=1, gflop=1.0, gflops=100.0)
+        return script.Result(**dataclasses.asdict(case), **fields)
+
+    monkeypatch.setattr(script, "measure_isolated", fake_measure)
+    monkeypatch.setattr(script, "measure_ceilings", lambda device, dtypes: {"float32": 1.0})
+    with pytest.raises(KeyboardInterrupt):
+        script.main(["--device", "cpu", "--blocks", "pam", "--sizes", "64", "--dtypes",
+                     "float32", "--out", str(tmp_path), "--stem", "stopped"])  # fmt: skip
+    payload = json.loads((tmp_path / "stopped.json").read_text())
+    assert [case["backend"] for case in payload["cases"]] == [c.backend for c in measured]
+    assert payload["planned_cases"] > 3
+    assert (
+        f"(partial: 3 of {payload['planned_cases']} cases)" in (tmp_path / "stopped.md").read_text()
+    )

@@ -51,7 +51,10 @@ def test_pieces_cover_tests_every_dtype_and_mode_cam_danet_and_training_steps(tm
     command = pieces["pam-bfloat16-train"][0]
     assert option(command, "--sizes") == ["4096", "16384", "32768", "65536"]
     assert option(command, "--dtypes") == ["bfloat16"] and option(command, "--modes") == ["train"]
-    assert option(command, "--backends") == ["bmm", "chunked", "sdpa", "auto", "direct"]
+    # The verdict's rows first (a piece stopped midway keeps them); the hybrid in training.
+    assert option(command, "--backends") == ["bmm", "auto", "direct", "chunked", "sdpa"]
+    assert "--chunked-backward" in command
+    assert "--chunked-backward" not in pieces["pam-bfloat16-forward"][0]
     assert option(command, "--value-splits") == ["1", "2", "4", "8"]
     assert option(command, "--kernels") == ["cudnn", "flash", "efficient"]
     for name in ("steps-danet-float32", "steps-ccnet"):
@@ -125,8 +128,10 @@ def fake_table(path, auto_ms, auto_mib, bmm_ms=300.0, bmm_mib=12000.0, direct_ms
                 "seconds": ms / 1e3, "peak_bytes": mib * 2**20, "ran_backend": "chunked",
                 "ran_plan": None}  # fmt: skip
 
+    hybrid = {**case("sdpa", 30.0, 300.0), "chunked_backward": True, "ran_plan": "flash 2x256/256"}
     cases = [case("bmm", bmm_ms, bmm_mib), case("auto", auto_ms, auto_mib),
-             case("direct", direct_ms, 500.0), case("auto", 1.0, 1.0, positions=4096)]  # fmt: skip
+             case("direct", direct_ms, 500.0), case("auto", 1.0, 1.0, positions=4096),
+             hybrid]  # fmt: skip
     path.write_text(json.dumps({"device": "NVIDIA H200", "torch": "2.14", "cases": cases}))
     return path
 
@@ -136,6 +141,11 @@ def test_verdict_holds_only_when_every_target_is_met(tmp_path):
     holds, report = verdict(fake_table(tmp_path / "a.json", auto_ms=40.0, auto_mib=400.0))
     assert holds and "Holds: yes" in report and "NVIDIA H200" in report
     assert "time bmm / auto = 7.500" in report
+    # Every package row at N=32768, fastest first (direct is the reference, not a row).
+    listing = report.split("fastest first:")[1].strip().splitlines()
+    assert listing == ["- sdpa [chunked backward] (flash 2x256/256): 30.0 ms, 300 MiB",
+                       "- auto -> chunked: 40.0 ms, 400 MiB",
+                       "- bmm: 300.0 ms, 12000 MiB"]  # fmt: skip
     slow = fake_table(tmp_path / "b.json", auto_ms=50.0, auto_mib=400.0)  # 1.2x direct
     holds, report = verdict(slow)
     assert not holds and "time direct / auto = 1.200 (needs >= 1.3): **no**" in report

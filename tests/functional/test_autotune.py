@@ -97,7 +97,33 @@ def test_training_and_inference_are_measured_apart(probe_on_cpu):
     training = qkv(30, requires_grad=True)
     assert select_position_backend(*inference[:2], value=inference[2]) == "sdpa"
     assert select_position_backend(*training[:2], value=training[2]) == "sdpa"
-    assert [training for _, _, training in fake.runs[::4]] == [False] * 3 + [True] * 3
+    # Training also offers the fused forward with the chunked backward (it has no fake
+    # time here, so it drops out after one try).
+    runs = [(label, training) for label, _, training in fake.runs]
+    inference_labels = ["sdpa[flash]"] * 4 + ["chunked"] * 4 + ["bmm"] * 4
+    training_labels = [
+        *inference_labels[:4],
+        "sdpa[flash, chunked backward]",
+        *inference_labels[4:],
+    ]
+    assert runs == [(label, False) for label in inference_labels] + [
+        (label, True) for label in training_labels
+    ]
+
+
+def test_the_fused_forward_with_chunked_backward_runs_when_fastest(probe_on_cpu):
+    probe_on_cpu({"sdpa[flash]": 3.0, "sdpa[flash, chunked backward]": 1.0, "chunked": 2.0})
+    query, key, value = qkv(40, requires_grad=True)
+    out = position_attention(query, key, value)
+    assert last_attention_backend() == "sdpa"
+    assert type(out.grad_fn).__name__ == "_FusedForwardChunkedBackwardBackward"
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (query, key, value), grad)
+    reference = position_attention(query, key, value, backend="bmm")
+    expected = torch.autograd.grad(reference, (query, key, value), grad)
+    assert relative_error(out, reference) < 1e-5
+    for ours, theirs in zip(grads, expected):
+        assert relative_error(ours, theirs) < 1e-5
 
 
 def test_near_ties_go_to_the_earlier_leaner_candidate(probe_on_cpu):
@@ -161,8 +187,10 @@ def test_the_real_probe_runs_each_candidate_as_itself_and_spares_the_random_stre
     query, key, value = qkv(48, requires_grad=True, value_dim=32)
     run = position._probe_runner(query, key, value, True, None)
     ran = {}
-    for candidate in (Candidate("bmm"), Candidate("chunked"), Candidate("sdpa", 4, "flash"),
-                      Candidate("sdpa", None, "cudnn")):  # fmt: skip
+    candidates = (Candidate("bmm"), Candidate("chunked"), Candidate("sdpa", 4, "flash"),
+                  Candidate("sdpa", 4, "flash", True),
+                  Candidate("sdpa", None, "cudnn"))  # fmt: skip
+    for candidate in candidates:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no fallback to chunked, hence no warning
             ran[candidate.label] = run(candidate)
@@ -170,6 +198,7 @@ def test_the_real_probe_runs_each_candidate_as_itself_and_spares_the_random_stre
             assert _sdpa.last_sdpa_plan().parts == 4
     # No plan for cuDNN on CPU: that candidate reports it could not run (and ran nothing).
     assert ran == {"bmm": True, "chunked": True, "sdpa[flash, split 4]": True,
+                   "sdpa[flash, split 4, chunked backward]": True,
                    "sdpa[cudnn]": False}  # fmt: skip
     torch.manual_seed(0)
     expected = torch.rand(3)
@@ -178,7 +207,7 @@ def test_the_real_probe_runs_each_candidate_as_itself_and_spares_the_random_stre
     assert choice in ("bmm", "chunked", "sdpa")
     assert torch.equal(torch.rand(3), expected)  # the probe drew from its own generator
     timings = next(iter(_autotune.probe_timings().values()))
-    assert set(timings) == {"sdpa[flash]", "chunked", "bmm"}
+    assert set(timings) == {"sdpa[flash]", "sdpa[flash, chunked backward]", "chunked", "bmm"}
     assert all(0 < seconds < 10 for seconds in timings.values())
 
 
@@ -246,7 +275,8 @@ def test_rank_zero_decides_for_every_rank_in_training(tmp_path):
         worker.join(timeout=60)
         assert worker.exitcode == 0
     assert reports[0]["training"] == reports[1]["training"] == "chunked"  # rank 0's choice
-    assert reports[0]["training runs"] == 12 and reports[1]["training runs"] == 0
+    # Rank 0: four runs of each timed candidate, one try of the untimed chunked-backward one.
+    assert reports[0]["training runs"] == 13 and reports[1]["training runs"] == 0
     assert reports[0]["inference"] == "chunked" and reports[1]["inference"] == "bmm"
     assert reports[1]["warned"] and reports[1]["mismatch"] == reports[1]["rule"]
     assert not reports[0]["warned"]

@@ -79,7 +79,9 @@ def test_memory_efficient_backends_stay_far_below_the_n_squared_matrix(backend):
 
 
 @pytest.mark.parametrize("setting", ["bfloat16 autocast", "float16 autocast", "bfloat16 module"])
-@pytest.mark.parametrize("backend", ["chunked", "sdpa", "sdpa inference", "auto"])
+@pytest.mark.parametrize(
+    "backend", ["chunked", "sdpa", "sdpa inference", "sdpa, chunked backward", "auto"]
+)
 def test_precision_contract_on_cuda(setting, backend):
     # Whatever this card measures, both value paths are held to 1.5x bmm's error.
     bench = scripts.load("bench_precision")
@@ -163,6 +165,35 @@ def _attend_with(kernel, query, key, value, split):
     finally:
         _sdpa.KERNELS_BY_DEVICE["cuda"] = saved
         _sdpa._PLANS.clear()
+
+
+@pytest.mark.parametrize("kernel", ["cudnn", "flash", "efficient"])
+@pytest.mark.parametrize("split", [None, 1, 2])
+@pytest.mark.parametrize("setting", ["float32", "bfloat16 autocast"])
+def test_fused_forward_with_chunked_backward_equals_bmm(kernel, split, setting):
+    # Each kernel's forward (torch's operator that returns the log-sum-exp) with the chunked
+    # backward: the log-sum-exp must be the natural one of these rows, or gradients are wrong.
+    from attnblocks.functional import _sdpa
+    from attnblocks.functional._fused_forward import chunked_backward
+
+    query, key, value = qkv(2, 1000)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=setting != "float32")
+    with autocast, chunked_backward(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _attend_with(kernel, query, key, value, split)
+        ran, plan = last_attention_backend(), _sdpa.last_sdpa_plan()
+    refused = [str(w.message) for w in caught if "cannot serve" in str(w.message)]
+    assert not refused, refused  # torch ran the kernel but its log-sum-exp disagreed
+    if ran != "sdpa" or plan.kernel != kernel or (split and plan.parts != split):
+        pytest.skip(f"torch runs no {kernel} plan with split {split} for {setting} here")
+    assert type(out.grad_fn).__name__ == "_FusedForwardChunkedBackwardBackward"
+    grads = torch.autograd.grad(out.float().square().sum(), [query, key, value])
+    doubles = [t.detach().double().requires_grad_() for t in (query, key, value)]
+    expected = position_attention(*doubles, backend="bmm")
+    expected_grads = torch.autograd.grad(expected.square().sum(), doubles)
+    bound = 1e-4 if setting == "float32" else 2e-2  # bfloat16 values and value path
+    for ours, reference in zip([out, *grads], [expected, *expected_grads]):
+        assert relative_error(ours, reference) < bound
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
