@@ -110,9 +110,10 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _seconds(run: Callable[[], bool], device: torch.device) -> float:
+def _seconds(run: Callable[[], bool], device: torch.device, label: str = "") -> float:
     """Best time of ``run`` over :data:`PROBE_REPEATS` runs after a warm-up; ``inf`` when it
-    reports that it did not run as asked (a fused kernel turned down) or ran out of memory."""
+    reports that it did not run as asked (a fused kernel turned down), ran out of memory or
+    failed (a warning names the error: a training step should not die of a candidate)."""
     try:
         if not run():
             return math.inf
@@ -125,6 +126,13 @@ def _seconds(run: Callable[[], bool], device: torch.device) -> float:
             best = min(best, _clock() - start)
         return best
     except torch.OutOfMemoryError:
+        return math.inf
+    except RuntimeError as error:
+        warnings.warn(
+            f"'auto' leaves out {label or 'a candidate'}, which failed in its measurement: "
+            f"{str(error).splitlines()[0][:200]}",
+            stacklevel=2,
+        )
         return math.inf
     finally:
         if device.type == "cuda":
@@ -144,7 +152,10 @@ def measure(
             as that candidate.
         device: where they run.
     """
-    return {candidate: _seconds(lambda c=candidate: run(c), device) for candidate in candidates}
+    return {
+        candidate: _seconds(lambda c=candidate: run(c), device, candidate.label)
+        for candidate in candidates
+    }
 
 
 def fastest(timings: dict[Candidate, float]) -> Candidate | None:

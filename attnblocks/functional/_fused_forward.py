@@ -16,9 +16,10 @@ backward needs besides the inputs: each query row's log-sum-exp. So this path ru
 It is one of the candidates ``"auto"`` times for training calls on CUDA
 (``_autotune.py``); :func:`chunked_backward` forces it onto ``"sdpa"`` calls, for tests
 and benchmarks. The operators are torch's private ``aten._scaled_dot_product_*``
-functions, the ones ``scaled_dot_product_attention`` itself calls; each kernel's
-log-sum-exp is checked once per device and dtype against a float32 recomputation, and a
-kernel that disagrees (another layout or base in some torch) is not used this way.
+functions, the ones ``scaled_dot_product_attention`` itself calls; each plan's
+log-sum-exp and output are checked once per device and dtype against a float32
+recomputation, on inputs laid out as the real calls are, and a plan that disagrees
+(another layout or base in some torch) is not used this way.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ._sdpa import (
     _FUSED_DTYPES,
     KernelPlan,
     accepted_plans,
+    kernel_inputs,
     kernel_operands,
     merge_parts,
     record_plan,
@@ -104,46 +106,54 @@ def _kernel_with_log_sum_exp(
     return out, lse
 
 
-def _log_sum_exp_agrees(plan: KernelPlan, like: Tensor) -> bool:
+def _kernel_agrees(plan: KernelPlan, like: Tensor) -> bool:
     """Whether ``plan``'s kernel returns the natural log-sum-exp of its score rows as
-    ``(B, heads, N_q)``, checked once per device, kernel, dtype and widths on a small random
-    input (float32 reference).
+    ``(B, heads, N_q)`` and the right output, checked once per device, dtype and plan on a
+    small random input laid out as the real calls are (:func:`kernel_inputs`: padded,
+    queries and keys expanded over the parts), against float32.
 
     Args:
         plan: the kernel plan.
         like: a kernel input: its device and dtype are checked.
     """
-    check_key = (str(like.device), plan.kernel, like.dtype, plan.qk_width, plan.value_width)
+    check_key = (str(like.device), like.dtype, plan)
     agrees = _AGREES.get(check_key)
-    if agrees is None:
-        generator = torch.Generator(device=like.device).manual_seed(0)
+    if agrees is not None:
+        return agrees
+    generator = torch.Generator(device=like.device).manual_seed(0)
 
-        def draw(width: int) -> Tensor:  # two images of two heads: the layout is checked too
-            shape = (2, 2, CHECK_POSITIONS, width)
-            return torch.randn(shape, generator=generator, device=like.device).to(like.dtype)
+    def draw(width: int) -> Tensor:  # two images: the batch layout is checked too
+        shape = (2, CHECK_POSITIONS, width)
+        return torch.randn(shape, generator=generator, device=like.device).to(like.dtype)
 
-        query, key, value = draw(plan.qk_width), draw(plan.qk_width), draw(plan.value_width)
-        try:
-            with torch.no_grad():
-                _, lse = _kernel_with_log_sum_exp(plan.kernel, query, key, value)
-        except (RuntimeError, TypeError) as error:  # torch refused it, or another signature
-            lse, reason = None, str(error).splitlines()[0][:200]
-        if lse is not None:
-            with autocast_disabled(like.device):  # the reference in float32, also under autocast
-                scores = query.float() @ key.float().transpose(-1, -2)  # (2, 2, rows, keys)
-                expected = scores.logsumexp(dim=-1)
-            error = (lse.float() - expected).abs().max()
-            agrees = bool(error <= CHECK_TOLERANCE * (1 + expected.abs().max()))
-            reason = f"its log-sum-exp is off by {float(error):.3g}"
-        else:
-            agrees = False
-        if not agrees:
-            warnings.warn(
-                f"the fused '{plan.kernel}' kernel's forward cannot serve the chunked backward "
-                f"on {like.device.type} ({like.dtype}, torch {torch.__version__}): {reason}",
-                stacklevel=2,
-            )
-        _AGREES[check_key] = agrees
+    query, key = draw(plan.qk_width), draw(plan.qk_width)
+    value = draw(plan.parts * plan.value_width)
+    inputs = kernel_inputs(query, key, value, plan)
+    try:
+        with torch.no_grad():
+            out, lse = _kernel_with_log_sum_exp(plan.kernel, *inputs)
+    except (RuntimeError, TypeError) as error:  # torch refused it, or another signature
+        agrees, reason = False, str(error).splitlines()[0][:200]
+    else:
+        with autocast_disabled(like.device):  # the reference in float32, also under autocast
+            scores = query.float() @ key.float().transpose(1, 2)  # (2, rows, keys)
+            expected_lse = scores.logsumexp(dim=-1)[:, None]  # every part: the same rows
+            expected_out = scores.softmax(dim=-1) @ value.float()
+        lse_error = (lse.float() - expected_lse).abs().max()
+        out = merge_parts(out, value.shape[-1]).float()
+        out_error = (out - expected_out).abs().max() / expected_out.abs().max()
+        out_tolerance = 2e-2 if like.dtype in (torch.float16, torch.bfloat16) else 1e-4
+        agrees = bool(lse_error <= CHECK_TOLERANCE * (1 + expected_lse.abs().max()))
+        agrees = agrees and bool(out_error <= out_tolerance)
+        reason = (f"its log-sum-exp is off by {float(lse_error):.3g}, its output by "
+                  f"{float(out_error):.3g} of the largest")  # fmt: skip
+    if not agrees:
+        warnings.warn(
+            f"the fused '{plan.kernel}' kernel's forward cannot serve the chunked backward "
+            f"on {like.device.type} ({like.dtype}, {plan}, torch {torch.__version__}): {reason}",
+            stacklevel=2,
+        )
+    _AGREES[check_key] = agrees
     return agrees
 
 
@@ -164,8 +174,11 @@ class _FusedForwardChunkedBackward(torch.autograd.Function):
         out = merge_parts(out, value.shape[-1]).to(value.dtype)  # (B, N_q, D_v)
         # Every part (head) shares the queries and keys: one row of statistics serves all.
         log_sum_exp = lse[:, 0].to(query.dtype)  # (B, N_q)
+        # The backward reads the output only with a full-precision value path (dO . O);
+        # else only its dtype: an empty stand-in lets the padded kernel output go.
+        saved_out = out if value.dtype == query.dtype else out.new_empty(0)
         ctx.chunk_size = chunk_size
-        ctx.save_for_backward(query, key, value, out, log_sum_exp)
+        ctx.save_for_backward(query, key, value, saved_out, log_sum_exp)
         return out
 
     @staticmethod
@@ -214,9 +227,19 @@ def fused_forward_attention(
         value = value.to(operands[2].dtype)
     size = resolve_chunk_size(chunk_size or 0, query, key, value)
     for plan, inputs in accepted_plans(*operands, value_split, kernel):
-        if not _log_sum_exp_agrees(plan, inputs[0]):
+        if not _kernel_agrees(plan, inputs[0]):
             continue
-        out = _FusedForwardChunkedBackward.apply(query, key, value, inputs, plan, size)
+        try:
+            out = _FusedForwardChunkedBackward.apply(query, key, value, inputs, plan, size)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as error:  # a layout or size the small check did not meet
+            warnings.warn(
+                f"the fused '{plan.kernel}' kernel failed on {tuple(inputs[0].shape)} "
+                f"({plan}): {str(error).splitlines()[0][:200]}; trying the next plan",
+                stacklevel=2,
+            )
+            continue
         record_plan(plan)
         return out
     return None
@@ -224,7 +247,7 @@ def fused_forward_attention(
 
 def wants_fused_forward(query: Tensor, key: Tensor, value: Tensor, forced: bool) -> bool:
     """Whether an ``"sdpa"`` call takes this path: forced, with gradients, not while compiling
-    (a compiled graph runs the plain fused kernels).
+    (a compiled graph runs the plain fused kernels) or capturing a CUDA graph.
 
     Args:
         query: the call's queries.
@@ -232,4 +255,7 @@ def wants_fused_forward(query: Tensor, key: Tensor, value: Tensor, forced: bool)
         value: the call's values.
         forced: whether the path is asked for (a probe's candidate or :func:`chunked_backward`).
     """
-    return forced and needs_grad(query, key, value) and not torch.compiler.is_compiling()
+    if not forced or not needs_grad(query, key, value) or torch.compiler.is_compiling():
+        return False
+    # A CUDA graph being captured cannot run the one-time check (it reads data on the host).
+    return not (query.is_cuda and torch.cuda.is_current_stream_capturing())

@@ -9,10 +9,11 @@ Hopper/Blackwell with a recent cuDNN), the CUDA memory-efficient kernel takes an
     softmax(q k^T) [v_1 .. v_p] = [softmax(q k^T) v_1 .. softmax(q k^T) v_p]
 
 so the value width is split into ``p`` equal parts that the kernel sees as ``p`` heads,
-with q and k repeated over the heads by ``expand`` (a stride-0 view, never a copy;
-autograd sums their gradients over the heads). A width that does not divide gets zero
-value columns (they come out as zero columns and are cut off); a kernel that wants one
-width gets zero query/key features (they add nothing to ``q . k``) or zero value columns.
+with q and k repeated over the heads by ``expand`` (a stride-0 view, no copy, except for
+cuDNN: :func:`kernel_inputs`; autograd sums their gradients over the heads). A width that
+does not divide gets zero value columns (they come out as zero columns and are cut off);
+a kernel that wants one width gets zero query/key features (they add nothing to
+``q . k``) or zero value columns.
 Which kernel and split, the *plan*, comes from :func:`kernel_accepts`, a transcription of
 torch's ``sdp_utils`` checks (``aten/src/ATen/native/transformers/cuda/sdp_utils.cpp`` and
 ``sdp_utils_cpp.cpp``) for a device capability, dtype and widths; on a CUDA device torch's
@@ -386,9 +387,12 @@ def split_query_key(query: Tensor, key: Tensor, dtype: torch.dtype) -> tuple[Ten
 
 def _fits(split: tuple[Tensor, Tensor]) -> bool:
     """Whether split queries and keys are finite. bfloat16 has float32's range; float16
-    is checked eagerly (a compiled graph cannot branch on data and assumes it fits)."""
+    is checked eagerly (a compiled graph cannot branch on data and assumes it fits; a CUDA
+    graph being captured cannot read data either, and takes the float32 kernel)."""
     if split[0].dtype == torch.bfloat16 or torch.compiler.is_compiling():
         return True
+    if split[0].is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
     return all(bool(part.isfinite().all()) for part in split)
 
 
@@ -398,7 +402,8 @@ def kernel_inputs(
     """q, k and v as ``plan``'s kernel takes them: ``(B, parts, N, width)`` each.
 
     Queries and keys are zero-padded once and expanded over the parts (stride 0: no
-    copy); the value is zero-padded to ``parts * value_width`` and viewed as parts.
+    copy; cuDNN gets copies, see below); the value is zero-padded to
+    ``parts * value_width`` and viewed as parts.
 
     Args:
         query: ``(B, N_q, D)``.
@@ -410,6 +415,12 @@ def kernel_inputs(
     q = _pad_last(query, plan.qk_width)[:, None].expand(-1, parts, -1, -1)
     k = _pad_last(key, plan.qk_width)[:, None].expand(-1, parts, -1, -1)
     v = rearrange(_pad_last(value, parts * plan.value_width), "b n (p w) -> b p n w", p=parts)
+    if plan.kernel == "cudnn" and parts > 1:
+        # Up to torch 2.11 at least, the cuDNN path derives its output's strides from q's,
+        # where a stride-0 head dimension ties with the last one: a non-unit output stride
+        # that cuDNN rejects (fixed by pytorch/pytorch#175764, merged 2026-02-28). Copies
+        # of the queries and keys (narrow beside the values) avoid it.
+        q, k = q.contiguous(), k.contiguous()
     return q, k, v
 
 

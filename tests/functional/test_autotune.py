@@ -126,6 +126,27 @@ def test_the_fused_forward_with_chunked_backward_runs_when_fastest(probe_on_cpu)
         assert relative_error(ours, theirs) < 1e-5
 
 
+def test_a_candidate_that_fails_is_left_out_with_a_warning(probe_on_cpu, monkeypatch):
+    fake = probe_on_cpu({"sdpa[flash]": 1.0, "chunked": 2.0, "bmm": 3.0})
+    runner = fake.runner
+
+    def failing_runner(*args):
+        run = runner(*args)
+
+        def guarded(candidate):
+            if candidate.label == "sdpa[flash]":
+                raise RuntimeError("cuDNN Frontend error: bad layout\nmore lines")
+            return run(candidate)
+
+        return guarded
+
+    monkeypatch.setattr(position, "_probe_runner", failing_runner)
+    tensors = qkv(20)
+    with pytest.warns(UserWarning, match=r"leaves out sdpa\[flash\].*bad layout"):
+        assert select_position_backend(*tensors[:2], value=tensors[2]) == "chunked"
+    assert next(iter(_autotune.probe_timings().values()))["sdpa[flash]"] == float("inf")
+
+
 def test_near_ties_go_to_the_earlier_leaner_candidate(probe_on_cpu):
     probe_on_cpu({"sdpa[flash]": 1.01, "chunked": 1.0, "bmm": 0.995})
     tensors = qkv(20)

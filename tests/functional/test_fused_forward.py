@@ -111,6 +111,45 @@ def test_a_kernel_whose_log_sum_exp_disagrees_is_not_used(monkeypatch):
         assert relative_error(ours, reference) < 1e-5
 
 
+def test_a_kernel_whose_output_layout_disagrees_is_not_used(monkeypatch):
+    monkeypatch.setattr(_fused_forward, "_AGREES", {})
+    real = _fused_forward._kernel_with_log_sum_exp
+
+    def parts_swapped(kernel, query, key, value):
+        out, lse = real(kernel, query, key, value)
+        return out.flip(1), lse  # the parts (heads) in the wrong order
+
+    monkeypatch.setattr(_fused_forward, "_kernel_with_log_sum_exp", parts_swapped)
+    with chunked_backward(), pytest.warns(UserWarning) as caught:
+        position_attention(*qkv(torch.float32), backend="sdpa", value_split=2)
+    messages = [str(warning.message) for warning in caught]
+    assert any("cannot serve the chunked backward" in m for m in messages), messages
+    assert any("using the 'chunked' backend instead" in m for m in messages), messages
+    assert last_attention_backend() == "chunked"
+
+
+def test_a_kernel_that_fails_on_the_real_inputs_falls_back(monkeypatch):
+    monkeypatch.setattr(_fused_forward, "_AGREES", {})
+    real = _fused_forward._kernel_with_log_sum_exp
+
+    def fails_when_large(kernel, query, key, value):
+        if query.shape[2] > _fused_forward.CHECK_POSITIONS:  # passes the small check only
+            raise RuntimeError("cuDNN Frontend error: [cudnn_frontend] Error: stride\nmore")
+        return real(kernel, query, key, value)
+
+    monkeypatch.setattr(_fused_forward, "_kernel_with_log_sum_exp", fails_when_large)
+    tensors = qkv(torch.float32)
+    with chunked_backward(), pytest.warns(UserWarning) as caught:
+        out, grads = output_and_grads(tensors, backend="sdpa")
+    messages = [str(warning.message) for warning in caught]
+    assert any("failed on" in m and "trying the next plan" in m for m in messages), messages
+    assert last_attention_backend() == "chunked"
+    expected_out, expected_grads = output_and_grads(tensors, backend="bmm")
+    assert relative_error(out, expected_out) < 1e-5
+    for ours, reference in zip(grads, expected_grads):
+        assert relative_error(ours, reference) < 1e-5
+
+
 @pytest.mark.parametrize("value_dtype", [torch.float32, torch.bfloat16])
 def test_row_normalisation_cancels_an_offset_log_sum_exp(value_dtype):
     query, key, value = (t.detach() for t in qkv(torch.float32))

@@ -223,7 +223,8 @@ def test_kernel_table_agrees_with_torchs_report_for_this_card(dtype, grad):
 
 
 def test_split_kernels_take_expanded_queries_and_keys_without_copies():
-    # cuDNN, flash and memory-efficient kernels get q/k as stride-0 views over the heads.
+    # Flash and memory-efficient kernels get q/k as stride-0 views over the heads; cuDNN
+    # gets copies (torch <= 2.11 derives a layout from a stride-0 q that cuDNN rejects).
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from attnblocks.functional import _sdpa
@@ -249,7 +250,7 @@ def test_split_kernels_take_expanded_queries_and_keys_without_copies():
         if last_attention_backend() == "sdpa" and plan.kernel == kernel:
             ran[kernel] = record.strides[-1]
     assert ran, "no fused kernel took a 2-part split on this card"
-    assert all(strides[1] == 0 for strides in ran.values()), ran
+    assert all((strides[1] == 0) == (kernel != "cudnn") for kernel, strides in ran.items()), ran
 
 
 def test_auto_on_cuda_measures_once_and_runs_the_fastest():

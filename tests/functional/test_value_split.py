@@ -281,7 +281,8 @@ def test_dispatch_follows_the_table_for_a_faked_device(fake_device):
     with torch.no_grad():
         out = position_attention(query, key, value.bfloat16(), backend="sdpa")
     # bf16 inference: split q/k 192 wide; cuDNN (turned down by "torch"), then flash 2 x 256.
-    assert calls == [("cudnn", (2, 2, 30, 192), True, (2, 2, 30, 256)),
+    # cuDNN gets copied q/k (torch <= 2.11 mislays its output for stride-0 heads).
+    assert calls == [("cudnn", (2, 2, 30, 192), False, (2, 2, 30, 256)),
                      ("flash", (2, 2, 30, 256), True, (2, 2, 30, 256))]  # fmt: skip
     assert _sdpa.last_sdpa_plan() == KernelPlan("flash", 2, 256, 256)
     assert relative_error(out, float64_attention(query, key, value)) < 1e-2  # bf16 values
