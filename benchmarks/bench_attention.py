@@ -25,7 +25,8 @@ Measurement (``benchmarks/harness.py``):
 - GFLOP/s: the model FLOPs of the case (convolutions and attention matmuls of the
   bmm algorithm; a backward counts twice its forward; softmax and elementwise work
   not counted; recomputation by the chunked backend not counted) over the time,
-  against the device's ceiling measured in the same run with a large matmul.
+  against the device's ceiling measured in the same run (after the cases) with a large
+  matmul.
 
 Outputs (in ``--out``): ``<stem>.json`` with every case, ``<stem>.md`` with the
 table (both rewritten after every case, so that a run stopped midway leaves the cases it
@@ -521,9 +522,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
         configure_malloc()
     started = time.perf_counter()
     name = f"{device_name(args.device)}; {low_precision_note(args.device)}"
-    ceilings = measure_ceilings(args.device, args.dtypes)
     print(f"device: {name}; torch {torch.__version__}")
-    print("matmul ceiling (GFLOP/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items()))
+    # The matmul ceilings are measured after the cases (minutes for bfloat16 on a CPU
+    # without bfloat16 units): a run stopped midway has its rows already.
+    ceilings: dict[str, float] = {}
     free = free_memory_bytes() if args.device == "cpu" else None
     results: list[Result] = []
     given_up: dict[tuple, str] = {}
@@ -550,11 +552,14 @@ def main(argv: list[str] | None = None) -> list[Result]:
         results.append(result)
         print(_progress_line(result), flush=True)
         # Rewritten after every case: a run stopped midway keeps what it measured.
-        table = write_tables(args, argv, stem, name, ceilings, results, len(cases), started)
+        write_tables(args, argv, stem, name, ceilings, results, len(cases), started)
 
+    ceilings = measure_ceilings(args.device, args.dtypes)
+    print("matmul ceiling (GFLOP/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items()))
+    table = write_tables(args, argv, stem, name, ceilings, results, len(cases), started)
     plots = plot(results, args.out, stem)
     print()
-    print(table if results else "no cases")
+    print(table)
     print(f"wrote {args.out / stem}.json, .md and {len(plots)} plots in "
           f"{time.perf_counter() - started:.0f} s")  # fmt: skip
     return results
@@ -586,7 +591,8 @@ def write_tables(
     progress = "" if len(results) == planned else f" (partial: {len(results)} of {planned} cases)"
     header = (
         f"Device: {name}; torch {torch.__version__}; C={args.channels}, B={args.batch}; "
-        f"matmul ceiling (GFLOP/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items())
+        f"matmul ceiling (GFLOP/s): "
+        + (", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items()) or "not yet measured")
         + f"; memory: {results[0].memory_method if results else '-'}; run took {duration:.0f} s"
         + f"{progress}."
     )  # fmt: skip
