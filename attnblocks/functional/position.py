@@ -323,9 +323,11 @@ def select_position_backend(
     (:func:`set_attention_backend`, ``$ATTNBLOCKS_BACKEND``) when one is set, else:
 
     - on CUDA, when ``value`` is given: the fastest of bmm (where its matrices fit, as
-      below), chunked and the fused kernels with their value splits, measured once per
-      shape class on the call's shapes (under ``torch.distributed`` in training, rank 0
-      measures and every rank runs its choice); while ``torch.compile`` traces, the rule:
+      below), chunked, the fused kernels with their value splits and, with gradients,
+      those kernels' forward with the chunked backward (reported as ``"sdpa"``),
+      measured once per shape class on the call's shapes (under ``torch.distributed``
+      in training, rank 0 measures and every rank runs its choice); while
+      ``torch.compile`` traces, the rule:
     - ``"bmm"`` while one image's ``N_q x N_k`` matrix takes at most
       :data:`BMM_MAX_MATRIX_BYTES`, the batch's fit in free memory, and the call runs in
       float32/float64 or in a low-precision dtype that the device multiplies faster than
