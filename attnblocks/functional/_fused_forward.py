@@ -47,11 +47,11 @@ from ._sdpa import (
     sdpa_kernel,
 )
 
-#: Query/key positions of the one-time check of a kernel's log-sum-exp, and its tolerance
+#: Query/key positions of the one-time check of a plan, and its log-sum-exp tolerance
 #: relative to the largest log-sum-exp.
 CHECK_POSITIONS = 16
 CHECK_TOLERANCE = 1e-3
-_AGREES: dict[tuple, bool] = {}  # (device, kernel, dtype, widths) -> log-sum-exp checked
+_AGREES: dict[tuple, bool] = {}  # (device, dtype, plan) -> whether its check passed
 _forced = threading.local()
 
 
