@@ -73,6 +73,7 @@ from harness import (
     out_of_memory_reason,
     run_forked,
     torch_tag,
+    variant_label,
 )
 
 from attnblocks import CAM, PAM
@@ -116,12 +117,7 @@ class Case:
     @property
     def variant(self) -> str:
         """The backend with what is forced on it: ``sdpa [flash, split 8]``, ``chunked``."""
-        forced = [part for part in (self.kernel,) if part]
-        if self.value_split is not None:
-            forced.append(f"split {self.value_split}")
-        if self.chunked_backward:
-            forced.append("chunked backward")
-        return self.backend + (f" [{', '.join(forced)}]" if forced else "")
+        return variant_label(self.backend, self.kernel, self.value_split, self.chunked_backward)
 
 
 @dataclasses.dataclass

@@ -68,7 +68,7 @@ ROOT = BENCHMARKS.parent
 # The shared harness, and this checkout's package (measured even where none is installed).
 sys.path[:0] = [str(BENCHMARKS), str(ROOT)]
 
-from harness import default_out_dir, device_tag, torch_tag
+from harness import default_out_dir, device_tag, torch_tag, variant_label
 
 PAM_SIZES = ["4096", "16384", "32768", "65536"]
 CUDA_TESTS = ["tests/functional/test_position_backends_cuda.py"]
@@ -212,8 +212,12 @@ def dry(command: list[str]) -> list[str]:
     return result
 
 
+def _matches(case: dict, fields: dict[str, object]) -> bool:
+    return all(case.get(k) == v for k, v in fields.items())
+
+
 def _case(cases: list[dict], **fields: object) -> dict | None:
-    return next((c for c in cases if all(c.get(k) == v for k, v in fields.items())), None)
+    return next((c for c in cases if _matches(c, fields)), None)
 
 
 def verdict(table: Path) -> tuple[bool, str]:
@@ -230,8 +234,8 @@ def verdict(table: Path) -> tuple[bool, str]:
     """
     payload = json.loads(table.read_text())
     cases = [c for c in payload["cases"] if c["status"] == "ok"]
-    select = {"dtype": "bfloat16", "mode": "train", "positions": VERDICT_POSITIONS,
-              "value_split": None, "kernel": None, "chunk_size": None}  # fmt: skip
+    same_size = {"dtype": "bfloat16", "mode": "train", "positions": VERDICT_POSITIONS}
+    select = {**same_size, "value_split": None, "kernel": None, "chunk_size": None}
     auto = _case(cases, backend="auto", **select)
     bmm = _case(cases, backend="bmm", **select)
     direct = _case(cases, backend="direct", **select)
@@ -261,30 +265,18 @@ def verdict(table: Path) -> tuple[bool, str]:
         holds = holds and ok
         lines.append(f"- {name} = {value:.3f} (needs {sense} {bound}): {'yes' if ok else '**no**'}")
     # Every package variant at this size, fastest first: what auto could have run.
-    same_size = {"dtype": "bfloat16", "mode": "train", "positions": VERDICT_POSITIONS}
-    rows = [c for c in cases if c["backend"] != "direct"
-            and all(c.get(k) == v for k, v in same_size.items())]  # fmt: skip
+    rows = [c for c in cases if c["backend"] != "direct" and _matches(c, same_size)]
     lines += ["", f"Holds: {'yes' if holds else '**no**'}", "",
               f"All rows at N={VERDICT_POSITIONS}, fastest first:", ""]  # fmt: skip
     for row in sorted(rows, key=lambda c: c["seconds"]):
         plan = f" ({row['ran_plan']})" if row.get("ran_plan") else ""
         if row["backend"] == "auto":
             plan = f" -> {row['ran_backend']}{plan}"
-        lines.append(f"- {_variant(row)}{plan}: {row['seconds'] * 1e3:.1f} ms, "
+        forced = (row.get(k) for k in ("kernel", "value_split", "chunked_backward", "chunk_size"))
+        variant = variant_label(row["backend"], *forced)
+        lines.append(f"- {variant}{plan}: {row['seconds'] * 1e3:.1f} ms, "
                      f"{row['peak_bytes'] / 2**20:.0f} MiB")  # fmt: skip
     return holds, "\n".join(lines) + "\n"
-
-
-def _variant(row: dict) -> str:
-    """A table row's backend with what was forced on it (``sdpa [flash, split 2]``)."""
-    forced = [row["kernel"]] if row.get("kernel") else []
-    if row.get("value_split") is not None:
-        forced.append(f"split {row['value_split']}")
-    if row.get("chunk_size") is not None:
-        forced.append(f"chunk {row['chunk_size']}")
-    if row.get("chunked_backward"):
-        forced.append("chunked backward")
-    return row["backend"] + (f" [{', '.join(forced)}]" if forced else "")
 
 
 def write_verdict(folder: Path, tag: str) -> bool | None:

@@ -308,6 +308,33 @@ def low_precision_note(device: str) -> str:
     return "low-precision matmul vs float32: " + ", ".join(f"{k} {v}" for k, v in verdicts.items())
 
 
+def variant_label(
+    backend: str,
+    kernel: str | None = None,
+    value_split: int | None = None,
+    chunked_backward: bool = False,
+    chunk_size: int | None = None,
+) -> str:
+    """A benchmark case's backend with what is forced on it, as the tables name it:
+    ``sdpa [flash, split 8]``, ``sdpa [chunked backward]``, ``chunked``.
+
+    Args:
+        backend: the backend (or reference) name.
+        kernel: a forced fused kernel.
+        value_split: a forced number of value parts.
+        chunked_backward: the fused forward with the chunked backward.
+        chunk_size: a forced chunk size (for tables without a chunk column).
+    """
+    forced = [kernel] if kernel else []
+    if value_split is not None:
+        forced.append(f"split {value_split}")
+    if chunk_size is not None:
+        forced.append(f"chunk {chunk_size}")
+    if chunked_backward:
+        forced.append("chunked backward")
+    return backend + (f" [{', '.join(forced)}]" if forced else "")
+
+
 def default_out_dir() -> Path:
     """Where results go unless ``--out`` says otherwise: the run folder ``runs/benchmarks``
     (git ignores ``runs/``); committed tables are written with ``--out benchmarks/results``."""

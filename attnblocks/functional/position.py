@@ -359,11 +359,9 @@ def _resolve(
 ) -> Candidate:
     """The backend, value split and kernel a call runs."""
     check_backend(backend, POSITION_BACKENDS)
-    if backend != "auto":
-        return Candidate(backend, value_split, chunked_backward=chunked_backward_forced())
-    override = get_attention_backend()
-    if override is not None:
-        return Candidate(override, value_split, chunked_backward=chunked_backward_forced())
+    named = backend if backend != "auto" else get_attention_backend()
+    if named is not None:
+        return Candidate(named, value_split, chunked_backward=chunked_backward_forced())
     return _automatic_backend(query, key, value, chunk_size, value_split)
 
 
