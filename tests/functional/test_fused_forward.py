@@ -3,8 +3,6 @@ float64 for every value split, within the precision contract in every dtype sett
 log-sum-exp check refusing a kernel that disagrees, and the row normalisation that keeps a
 fused kernel's log-sum-exp from leaking a false key gradient."""
 
-import functools
-
 import pytest
 import torch
 
@@ -16,20 +14,12 @@ from attnblocks.functional import (
 )
 from attnblocks.functional._chunked import backward_from_log_sum_exp
 from attnblocks.functional._fused_forward import chunked_backward
-from tests.benchmarks import scripts
+from tests.functional.test_precision_contract import bench
+from tests.functional.test_value_split import assert_split_holds_the_contract
 from tests.reference import LargestTensor, relative_error
 
 SPLITS = [1, 2, 8, 3]  # 3 parts of 64-wide values: uneven (22 + 22 + 20, padded)
 HYBRID = "_FusedForwardChunkedBackwardBackward"
-
-
-def bench():
-    return scripts.load("bench_precision")
-
-
-@functools.cache
-def bmm_errors(setting):
-    return bench().measure(setting, "bmm", low_is_fast=False, seeds=(0, 1, 2, 3))
 
 
 def qkv(dtype=torch.float64, batch=2, query_positions=45, key_positions=38, value_dim=64):
@@ -61,22 +51,9 @@ def test_float64_equals_bmm_for_every_split(split):
 @pytest.mark.parametrize("setting", bench().SETTINGS)
 @pytest.mark.parametrize("split", SPLITS)
 def test_split_holds_the_precision_contract(monkeypatch, setting, split):
-    build_pam = bench().build_pam
-
-    def split_pam(channels, seed):
-        pam = build_pam(channels, seed)
-        pam.value_split = split
-        return pam
-
-    monkeypatch.setattr(bench(), "build_pam", split_pam)
     # The low-precision value path: the kernel runs on split bfloat16/float16 q and k.
     low = setting != "float32"
-    errors = bench().measure(setting, "sdpa, chunked backward", low, seeds=(0, 1, 2, 3))
-    assert last_attention_backend() == "sdpa" and _sdpa.last_sdpa_plan().parts == split
-    reference = bmm_errors(setting)
-    for name, error in errors.items():
-        bound = max(1.5 * reference[name], bench().NOISE_FLOOR)
-        assert error <= bound, f"{name}: {error:.2e} > 1.5 x bmm's {reference[name]:.2e}"
+    assert_split_holds_the_contract(monkeypatch, "sdpa, chunked backward", setting, split, low)
 
 
 def test_without_gradients_the_fused_kernel_runs_alone():
