@@ -213,8 +213,7 @@ def measure(
         pam.backend = "sdpa" if backend.startswith("sdpa") else backend
         pam.chunk_size = 37  # several chunks, the last one short
         split = split_with_gradients() if "split" in backend else contextlib.nullcontext()
-        chunked = "chunked backward" in backend
-        forced = _fused_forward.chunked_backward() if chunked else contextlib.nullcontext()
+        forced = _fused_forward.chunked_backward("chunked backward" in backend)
         with value_path(low_is_fast), split, forced:
             ours.append(forward_backward(pam, x, setting, train="inference" not in backend))
     return relative_errors(ours, reference)
